@@ -1,0 +1,15 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY core core
+COPY api api
+COPY feedback feedback
+COPY rewards rewards
+COPY trainers trainers
+COPY serving serving
+COPY migrations migrations
+# The collector needs no ML stack; worker images add `.[train]` (torch first, pinned).
+RUN pip install --no-cache-dir .
+ENV EDITLOOP_DATA_DIR=/data
+EXPOSE 8000
+CMD ["editloop", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

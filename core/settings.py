@@ -1,0 +1,53 @@
+"""One flat settings object, read once from `EDITLOOP_*` environment variables (and `.env`)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDITLOOP_", env_file=".env", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(Path(".editloop"), description="Where the embedded database and artifacts live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy or libpq URL; unset means the embedded SQLite file in data_dir."
+    )
+
+    # Ingest limits: refused with a 4xx naming the limit.
+    max_request_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    max_events_per_batch: int = Field(1000, gt=0, description="Most events in one POST /v1/events.")
+    max_text_chars: int = Field(200_000, gt=0, description="Longest text field (prompt, completion, ...).")
+    max_metadata_bytes: int = Field(16_384, gt=0, description="Largest `metadata` object, as JSON.")
+    max_future_skew_s: int = Field(86_400, ge=0, description="How far in the future occurred_at may be.")
+    min_occurred_year: int = Field(2000, description="occurred_at before this year is refused as absurd.")
+
+    auth_cache_ttl_s: float = Field(30.0, ge=0, description="How long a verified API key is cached in-process.")
+    db_pool_size: int = Field(10, gt=0, description="Connections per process (Postgres).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.database_url is not None and not self.database_url.strip():
+            raise ValueError("EDITLOOP_DATABASE_URL is set but empty")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL with the psycopg 3 driver made explicit, or the embedded SQLite file."""
+        if self.database_url is None:
+            return f"sqlite:///{(self.data_dir / 'editloop.db').resolve()}"
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
