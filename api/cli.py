@@ -1,0 +1,187 @@
+"""The `editloop` command line."""
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from core import migrate
+from core.db import session_scope
+from core.errors import EditloopError
+from core.projects import Role, create_key, create_project, get_project, list_keys, list_projects, revoke_key
+from core.projects import set_excluded_paths as set_excluded
+from core.settings import Settings, get_settings
+
+app = typer.Typer(help="editloop: train your coding tool's own model on what its users do with its code.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+projects_app = typer.Typer(help="Projects (tenants).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of a project.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(projects_app, name="projects")
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=1)
+
+
+def ready_schema(settings: Settings) -> None:
+    """The embedded database is brought up to date by itself; a server database must be upgraded on purpose."""
+    url = settings.sqlalchemy_url
+    if settings.is_embedded:
+        if migrate.current_revision(url) != migrate.head_revision(url):
+            migrate.upgrade(url)
+        return
+    current, head = migrate.current_revision(url), migrate.head_revision(url)
+    if current != head:
+        raise fail(f"the database is at revision {current}, the code needs {head}: run `editloop db upgrade`")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply migrations to the database named by EDITLOOP_DATABASE_URL (default: the embedded SQLite file)."""
+    settings = get_settings()
+    migrate.upgrade(settings.sqlalchemy_url, revision)
+    console.print(f"database at revision {migrate.current_revision(settings.sqlalchemy_url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's revision and the code's."""
+    url = get_settings().sqlalchemy_url
+    console.print(f"database: {migrate.current_revision(url)}  code: {migrate.head_revision(url)}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (use 1 with the embedded database).")] = 1,
+) -> None:
+    """Run the collector API."""
+    import uvicorn
+
+    settings = get_settings()
+    ready_schema(settings)
+    console.print(f"editloop collector on http://{host}:{port} (database: {_where(settings)})")
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", access_log=False)
+
+
+def _where(settings: Settings) -> str:
+    return f"embedded {settings.data_dir / 'editloop.db'}" if settings.is_embedded else "server"
+
+
+@projects_app.command("create")
+def projects_create(
+    name: Annotated[str, typer.Argument(help="Project name: a-z, 0-9, '_', '.', '-'.")],
+    exclude: Annotated[list[str] | None, typer.Option(help="File path glob whose code is never stored.")] = None,
+) -> None:
+    """Create a project."""
+    settings = get_settings()
+    ready_schema(settings)
+    try:
+        with session_scope(settings.sqlalchemy_url) as session:
+            create_project(session, name, exclude or [])
+    except EditloopError as exc:
+        raise fail(exc.detail) from None
+    console.print(f"created project [bold]{name}[/bold]")
+
+
+@projects_app.command("list")
+def projects_list() -> None:
+    """List projects."""
+    settings = get_settings()
+    ready_schema(settings)
+    table = Table("name", "excluded paths", "created")
+    with session_scope(settings.sqlalchemy_url) as session:
+        for p in list_projects(session):
+            table.add_row(p.name, " ".join(p.excluded_paths or []) or "-", p.created_at.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+@projects_app.command("exclude")
+def projects_exclude(
+    name: Annotated[str, typer.Argument(help="Project name.")],
+    globs: Annotated[list[str], typer.Argument(help="File path globs, e.g. '.env*' '*.pem'; replaces the list.")],
+) -> None:
+    """Set the file path globs whose code is never stored (events keep their outcome)."""
+    settings = get_settings()
+    ready_schema(settings)
+    try:
+        with session_scope(settings.sqlalchemy_url) as session:
+            set_excluded(session, get_project(session, name), globs)
+    except EditloopError as exc:
+        raise fail(exc.detail) from None
+    console.print(f"project {name} excludes: {' '.join(globs)}")
+
+
+@keys_app.command("create")
+def keys_create(
+    project: Annotated[str, typer.Option(help="Project name.")],
+    role: Annotated[Role, typer.Option(help="ingest: editors post feedback; admin: ML engineers.")] = Role.ingest,
+) -> None:
+    """Create an API key; it is printed once and only its hash is stored."""
+    settings = get_settings()
+    ready_schema(settings)
+    try:
+        with session_scope(settings.sqlalchemy_url) as session:
+            key, plain = create_key(session, get_project(session, project), role)
+    except EditloopError as exc:
+        raise fail(exc.detail) from None
+    err.print(f"key {key.id} ({role.value}) for project {project}; store it now, it is not shown again:")
+    print(plain)
+
+
+@keys_app.command("list")
+def keys_list(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
+    """List a project's keys (their first characters only)."""
+    settings = get_settings()
+    ready_schema(settings)
+    table = Table("id", "role", "starts with", "created", "revoked")
+    try:
+        with session_scope(settings.sqlalchemy_url) as session:
+            for k in list_keys(session, get_project(session, project)):
+                table.add_row(str(k.id), k.role, k.hint + "…", k.created_at.isoformat(timespec="seconds"),
+                              k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-")
+    except EditloopError as exc:
+        raise fail(exc.detail) from None
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(help="Key id, from `keys list`.")],
+    project: Annotated[str, typer.Option(help="Project name.")],
+) -> None:
+    """Revoke a key. Running servers stop accepting it within EDITLOOP_AUTH_CACHE_TTL_S seconds."""
+    settings = get_settings()
+    ready_schema(settings)
+    try:
+        with session_scope(settings.sqlalchemy_url) as session:
+            revoke_key(session, get_project(session, project), key_id)
+    except EditloopError as exc:
+        raise fail(exc.detail) from None
+    console.print(f"revoked key {key_id}")
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=1, help="Simulated editor users.")] = 8,
+    per_user: Annotated[int, typer.Option(min=1, help="Generations per user.")] = 25,
+) -> None:
+    """Run the collector on the embedded database and feed it simulated editor users over HTTP."""
+    from api.demo import run_demo
+
+    settings = get_settings()
+    ready_schema(settings)
+    run_demo(settings, console, users=users, per_user=per_user)
+
+
+if __name__ == "__main__":
+    app()

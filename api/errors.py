@@ -1,0 +1,49 @@
+"""The one place where domain errors become HTTP status codes. Bodies say what was wrong and where."""
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from core.errors import (
+    Conflict,
+    EditloopError,
+    InvalidInput,
+    MalformedBody,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    Unauthenticated,
+)
+
+STATUS: list[tuple[type[EditloopError], int]] = [
+    (PayloadTooLarge, 413),
+    (MalformedBody, 400),
+    (InvalidInput, 422),
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+]
+
+
+def status_of(exc: EditloopError) -> int:
+    return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
+
+
+def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, EditloopError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+    return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=status_of(exc), headers=headers)
+
+
+def _request_validation(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"])
+    detail = f"{field}: {str(err['msg']).removeprefix('Value error, ')}"
+    return JSONResponse({"error": InvalidInput.code, "detail": detail}, status_code=422)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(EditloopError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)

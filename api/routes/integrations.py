@@ -1,0 +1,24 @@
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from api.body import read_json
+from api.deps import IngestKey, settings_of
+from api.routes.events import answer, store_batch
+from core.errors import InvalidInput
+from feedback.integrations.continue_dev import map_continue_event
+from feedback.schemas import IngestResult
+
+router = APIRouter(tags=["integrations"])
+
+
+@router.post("/v1/integrations/continue", summary="Continue's HTTP data destination (schema 0.2.0)")
+async def post_continue(request: Request, key: IngestKey) -> IngestResult:
+    """Point a Continue `data:` destination here with an ingest key. One POST per Continue event; event names
+    that carry no feedback are acknowledged and ignored."""
+    body = await read_json(request, settings_of(request).max_request_bytes)
+    if not isinstance(body, dict):
+        raise InvalidInput("body: expected a JSON object {name, data, schema, level, profileId}")
+    events = map_continue_event(body)
+    if not events:
+        return IngestResult(received=0, stored=0, duplicates=0, errors=[], secrets_redacted={})
+    return answer(await run_in_threadpool(store_batch, request, key.project_id, events))

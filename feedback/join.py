@@ -1,0 +1,113 @@
+"""Folding events into the per-generation row.
+
+Each group of fields has one winning event: the earliest `generation` (what was shown first), and the latest
+decision, edit and rating, ordered by (occurred_at, event_id). Choosing a winner by a total order is commutative
+and idempotent, so any arrival order and any number of resends converge on the same row."""
+
+from datetime import datetime
+from typing import Any
+
+from rapidfuzz.distance import Levenshtein
+
+from feedback.schemas import AcceptedEvent, EditedEvent, Event, GenerationEvent, RatingEvent, RejectedEvent
+
+# Code that an excluded file path keeps out of the database.
+GENERATION_CODE = ("prompt", "messages", "completion", "prefix", "suffix")
+ROW_CODE = (*GENERATION_CODE, "accepted_text", "edited_text", "final_text")
+FEEDBACK_CODE = ("accepted_text", "final_text")
+
+
+def empty_row(project_id: int, generation_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "project_id": project_id,
+        "generation_id": generation_id,
+        "outcome": "pending",
+        "prompt": None,
+        "messages": None,
+        "completion": None,
+        "model": None,
+        "language": None,
+        "file_path": None,
+        "prefix": None,
+        "suffix": None,
+        "user": None,
+        "session": None,
+        "latency_ms": None,
+        "meta": None,
+        "shown_at": None,
+        "shown_event_id": None,
+        "decision": None,
+        "accepted_text": None,
+        "reject_reason": None,
+        "decided_at": None,
+        "decision_event_id": None,
+        "edited_text": None,
+        "edited_at": None,
+        "edited_event_id": None,
+        "rating_score": None,
+        "rating_comment": None,
+        "rated_at": None,
+        "rating_event_id": None,
+        "final_text": None,
+        "edit_distance": None,
+        "excluded": False,
+        "secrets_redacted": {},
+        "event_count": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _wins(event: Event, at: datetime | None, event_id: str | None, *, latest: bool) -> bool:
+    if at is None or event_id is None:
+        return True
+    ours, theirs = (event.occurred_at, event.event_id), (at, event_id)
+    return ours > theirs if latest else ours < theirs
+
+
+def merge(row: dict[str, Any], event: Event, payload: dict[str, Any]) -> None:
+    """Fold one newly stored event (its scrubbed payload) into the row."""
+    row["event_count"] += 1
+    if isinstance(event, GenerationEvent):
+        if _wins(event, row["shown_at"], row["shown_event_id"], latest=False):
+            for field in ("prompt", "messages", "completion", "model", "language", "file_path", "prefix",
+                          "suffix", "user", "session", "latency_ms"):
+                row[field] = payload.get(field)
+            row["meta"] = payload.get("metadata")
+            row["shown_at"], row["shown_event_id"] = event.occurred_at, event.event_id
+    elif isinstance(event, AcceptedEvent | RejectedEvent):
+        if _wins(event, row["decided_at"], row["decision_event_id"], latest=True):
+            row["decision"] = event.type
+            row["accepted_text"] = payload.get("accepted_text")
+            row["reject_reason"] = payload.get("reason")
+            row["decided_at"], row["decision_event_id"] = event.occurred_at, event.event_id
+    elif isinstance(event, EditedEvent):
+        if _wins(event, row["edited_at"], row["edited_event_id"], latest=True):
+            row["edited_text"] = payload.get("final_text")
+            row["edited_at"], row["edited_event_id"] = event.occurred_at, event.event_id
+    elif isinstance(event, RatingEvent):
+        if _wins(event, row["rated_at"], row["rating_event_id"], latest=True):
+            row["rating_score"] = event.score
+            row["rating_comment"] = payload.get("comment")
+            row["rated_at"], row["rating_event_id"] = event.occurred_at, event.event_id
+
+
+def derive(row: dict[str, Any]) -> None:
+    """Recompute the fields that follow from the winners: outcome, final text, edit distance."""
+    if row["excluded"]:
+        for field in ROW_CODE:
+            row[field] = None
+    if row["edited_event_id"] is not None:
+        row["outcome"] = "edited"
+        row["final_text"] = row["edited_text"]
+    elif row["decision"] is not None:
+        row["outcome"] = row["decision"]
+        accepted = row["decision"] == "accepted"
+        row["final_text"] = (row["accepted_text"] or row["completion"]) if accepted else None
+    else:
+        row["outcome"] = "shown" if row["shown_event_id"] is not None else "pending"
+        row["final_text"] = None
+    completion, final = row["completion"], row["final_text"]
+    row["edit_distance"] = (
+        Levenshtein.normalized_distance(completion, final) if completion is not None and final is not None else None
+    )

@@ -1,0 +1,92 @@
+"""The raw event log and the per-generation join that the loop learns from."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.db import Base, BigId, UTCDateTime, utcnow
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class FeedbackEvent(Base):
+    """Append-only: what clients sent (scrubbed), once per (project, event_id)."""
+
+    __tablename__ = "feedback_events"
+    __table_args__ = (
+        UniqueConstraint("project_id", "event_id"),
+        Index("ix_feedback_events_project_generation", "project_id", "generation_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(16))
+    generation_id: Mapped[str] = mapped_column(String(200))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+
+
+class Generation(Base):
+    """One row per generation. Each group of fields is won by one event (the first `generation`, the latest
+    decision, edit and rating by (occurred_at, event_id)), so the row converges whatever the arrival order."""
+
+    __tablename__ = "generations"
+    __table_args__ = (
+        UniqueConstraint("project_id", "generation_id"),
+        Index("ix_generations_project_outcome", "project_id", "outcome"),
+        Index("ix_generations_project_model", "project_id", "model"),
+        Index("ix_generations_project_updated", "project_id", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    generation_id: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(16))
+
+    # From the `generation` event.
+    prompt: Mapped[str | None] = mapped_column(Text)
+    messages: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    completion: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(200))
+    language: Mapped[str | None] = mapped_column(String(64))
+    file_path: Mapped[str | None] = mapped_column(String(1024))
+    prefix: Mapped[str | None] = mapped_column(Text)
+    suffix: Mapped[str | None] = mapped_column(Text)
+    user: Mapped[str | None] = mapped_column(String(200))
+    session: Mapped[str | None] = mapped_column(String(200))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    shown_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    shown_event_id: Mapped[str | None] = mapped_column(String(200))
+
+    # The latest of `accepted` / `rejected`.
+    decision: Mapped[str | None] = mapped_column(String(16))
+    accepted_text: Mapped[str | None] = mapped_column(Text)
+    reject_reason: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decision_event_id: Mapped[str | None] = mapped_column(String(200))
+
+    # The latest `edited`.
+    edited_text: Mapped[str | None] = mapped_column(Text)
+    edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    edited_event_id: Mapped[str | None] = mapped_column(String(200))
+
+    # The latest `rating`.
+    rating_score: Mapped[float | None] = mapped_column(Float)
+    rating_comment: Mapped[str | None] = mapped_column(Text)
+    rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rating_event_id: Mapped[str | None] = mapped_column(String(200))
+
+    # Derived from the above on every change.
+    final_text: Mapped[str | None] = mapped_column(Text)
+    edit_distance: Mapped[float | None] = mapped_column(Float)
+    excluded: Mapped[bool] = mapped_column(Boolean, default=False)
+    secrets_redacted: Mapped[dict[str, int]] = mapped_column(Json)
+    event_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

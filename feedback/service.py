@@ -1,0 +1,252 @@
+"""Ingest and read feedback. Functions take the session first and never commit: the caller owns the transaction."""
+
+import base64
+import fnmatch
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from core.db import dialect_insert, utcnow
+from core.errors import InvalidInput, NotFound
+from core.projects import Project
+from core.settings import Settings
+from feedback.join import FEEDBACK_CODE, GENERATION_CODE, derive, empty_row, merge
+from feedback.models import FeedbackEvent, Generation
+from feedback.schemas import (
+    Event,
+    EventError,
+    GenerationEvent,
+    GenerationOut,
+    GenerationPage,
+    IngestResult,
+    parse_event,
+)
+from feedback.scrub import scrub_text
+
+_COMMON = {"event_id", "type", "generation_id", "occurred_at"}
+_GEN = Generation.__table__
+_EVENTS = FeedbackEvent.__table__
+
+
+def _scrub(value: Any, counts: Counter[str]) -> Any:
+    if isinstance(value, str):
+        clean, found = scrub_text(value)
+        if found:
+            counts.update(found)
+        return clean
+    if isinstance(value, list):
+        return [_scrub(v, counts) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub(v, counts) for k, v in value.items()}
+    return value
+
+
+def is_excluded(file_path: str | None, globs: list[str]) -> bool:
+    if not file_path or not globs:
+        return False
+    name = file_path.replace("\\", "/").rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(file_path, g) or fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def _lock_generations(session: Session, project_id: int, generation_ids: list[str]) -> None:
+    """Serialize concurrent batches that touch the same generation. Locks are taken in one global order, so two
+    batches never deadlock on each other. SQLite needs none: its transactions start with the write lock."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(CAST(:p AS text) || ':' || g, 0) AS k"
+            " FROM unnest(CAST(:gids AS text[])) AS g ORDER BY k) AS s"
+        ),
+        {"p": project_id, "gids": generation_ids},
+    )
+
+
+def ingest(session: Session, project_id: int, raw_events: list[Any], settings: Settings) -> IngestResult:
+    """Validate, scrub and store a batch; fold the new events into their generations. Invalid events are
+    reported by index and stored nowhere; events already stored are counted as duplicates and change nothing."""
+    errors: list[EventError] = []
+    events: dict[str, Event] = {}
+    duplicates = 0
+    for index, raw in enumerate(raw_events):
+        parsed = parse_event(index, raw, settings)
+        if isinstance(parsed, EventError):
+            errors.append(parsed)
+        elif parsed.event_id in events:
+            duplicates += 1
+        else:
+            events[parsed.event_id] = parsed
+    if not events:
+        return IngestResult(received=len(raw_events), stored=0, duplicates=duplicates, errors=errors,
+                            secrets_redacted={})
+
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} does not exist")
+    globs = list(project.excluded_paths or [])
+    now = utcnow()
+
+    generation_ids = sorted({e.generation_id for e in events.values()})
+    _lock_generations(session, project_id, generation_ids)
+    rows = {
+        r["generation_id"]: dict(r)
+        for r in session.execute(
+            select(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id.in_(generation_ids))
+        ).mappings()
+    }
+    excluded = {g for g, r in rows.items() if r["excluded"]}
+    newly_excluded = {
+        e.generation_id
+        for e in events.values()
+        if isinstance(e, GenerationEvent) and e.generation_id not in excluded and is_excluded(e.file_path, globs)
+    }
+    excluded |= newly_excluded
+
+    counts: Counter[str] = Counter()
+    per_event: dict[str, tuple[dict[str, Any], Counter[str]]] = {}
+    for event_id in sorted(events):  # one insert order everywhere, so concurrent batches cannot deadlock
+        event = events[event_id]
+        payload = event.model_dump(mode="json", exclude=_COMMON, exclude_none=True)
+        if event.generation_id in excluded:
+            for field in (*GENERATION_CODE, *FEEDBACK_CODE):
+                payload.pop(field, None)
+        found: Counter[str] = Counter()
+        per_event[event_id] = (_scrub(payload, found), found)
+        counts.update(found)
+
+    insert = dialect_insert(session, _EVENTS)
+    stored_ids = set(
+        session.scalars(
+            insert.on_conflict_do_nothing(index_elements=["project_id", "event_id"]).returning(_EVENTS.c.event_id),
+            [
+                {
+                    "project_id": project_id,
+                    "event_id": event_id,
+                    "type": events[event_id].type,
+                    "generation_id": events[event_id].generation_id,
+                    "occurred_at": events[event_id].occurred_at,
+                    "received_at": now,
+                    "payload": per_event[event_id][0],
+                }
+                for event_id in sorted(events)
+            ],
+        )
+    )
+    duplicates += len(events) - len(stored_ids)
+
+    changed: dict[str, dict[str, Any]] = {}
+    for event_id in sorted(stored_ids):
+        event = events[event_id]
+        row = changed.get(event.generation_id)
+        if row is None:
+            row = rows.get(event.generation_id) or empty_row(project_id, event.generation_id, now)
+            row["secrets_redacted"] = dict(row["secrets_redacted"] or {})
+            changed[event.generation_id] = row
+        payload, found = per_event[event_id]
+        merge(row, event, payload)
+        for kind, n in found.items():
+            row["secrets_redacted"][kind] = row["secrets_redacted"].get(kind, 0) + n
+    for generation_id in newly_excluded:
+        row = changed.get(generation_id) or rows[generation_id]
+        row["excluded"] = True
+        changed[generation_id] = row
+    for row in changed.values():
+        derive(row)
+        row["updated_at"] = now
+        row.pop("id", None)
+
+    if changed:
+        upsert = dialect_insert(session, _GEN)
+        columns = [c.name for c in _GEN.columns if c.name not in ("id", "project_id", "generation_id", "created_at")]
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["project_id", "generation_id"], set_={c: upsert.excluded[c] for c in columns}
+        )
+        session.execute(upsert, [changed[g] for g in sorted(changed)])
+    if newly_excluded:
+        _redact_stored_code(session, project_id, newly_excluded)
+
+    return IngestResult(
+        received=len(raw_events),
+        stored=len(stored_ids),
+        duplicates=duplicates,
+        errors=errors,
+        secrets_redacted=dict(counts),
+    )
+
+
+def _redact_stored_code(session: Session, project_id: int, generation_ids: set[str]) -> None:
+    """Feedback that arrived before its `generation` revealed an excluded path still holds code: remove it."""
+    stored = session.execute(
+        select(_EVENTS.c.id, _EVENTS.c.payload).where(
+            _EVENTS.c.project_id == project_id,
+            _EVENTS.c.generation_id.in_(sorted(generation_ids)),
+            _EVENTS.c.type.in_(["accepted", "edited"]),
+        )
+    ).all()
+    for event_pk, payload in stored:
+        if any(f in payload for f in FEEDBACK_CODE):
+            kept = {k: v for k, v in payload.items() if k not in FEEDBACK_CODE}
+            session.execute(update(_EVENTS).where(_EVENTS.c.id == event_pk).values(payload=kept))
+
+
+def _out(row: Any) -> GenerationOut:
+    data = dict(row)
+    data["id"] = data.pop("generation_id")
+    data["metadata"] = data.pop("meta")
+    data["secrets_redacted"] = data["secrets_redacted"] or {}
+    return GenerationOut.model_validate(data)
+
+
+def get_generation(session: Session, project_id: int, generation_id: str) -> GenerationOut:
+    row = session.execute(
+        select(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id == generation_id)
+    ).mappings().first()
+    if row is None:
+        raise NotFound(f"generation {generation_id!r} does not exist")
+    return _out(row)
+
+
+def _encode_cursor(pk: int) -> str:
+    return base64.urlsafe_b64encode(f"g:{pk}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, pk = raw.split(":", 1)
+        if kind != "g":
+            raise ValueError
+        return int(pk)
+    except ValueError:
+        raise InvalidInput("cursor: not a cursor returned by this endpoint") from None
+
+
+def list_generations(
+    session: Session,
+    project_id: int,
+    *,
+    outcome: str | None = None,
+    model: str | None = None,
+    since: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> GenerationPage:
+    """Generations in the order they were first seen, filtered; `since` keeps those changed at or after it."""
+    query = select(_GEN).where(_GEN.c.project_id == project_id)
+    if outcome is not None:
+        query = query.where(_GEN.c.outcome == outcome)
+    if model is not None:
+        query = query.where(_GEN.c.model == model)
+    if since is not None:
+        query = query.where(_GEN.c.updated_at >= since)
+    if cursor is not None:
+        query = query.where(_GEN.c.id > _decode_cursor(cursor))
+    rows = session.execute(query.order_by(_GEN.c.id).limit(limit + 1)).mappings().all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return GenerationPage(
+        items=[_out(r) for r in rows], next_cursor=_encode_cursor(rows[-1]["id"]) if more else None
+    )

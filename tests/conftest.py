@@ -1,0 +1,143 @@
+"""Test fixtures: a Postgres database created for this run (and a SQLite file), migrated once; a real uvicorn
+server per backend; every test makes its own projects, so tests share nothing and need no cleanup between them."""
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from core import migrate
+from core.db import get_engine, session_scope
+from core.projects import Role, create_key, create_project
+from core.settings import Settings
+
+PG_ADMIN = os.environ.get("EDITLOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"editloop_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    url = f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+    migrate.upgrade(url)
+    yield url
+    get_engine(url).dispose()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'editloop.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session", params=["postgres", "sqlite"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("pg_url" if request.param == "postgres" else "sqlite_url")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    db_url: str
+    settings: Settings
+
+
+def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:
+    from api.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+TEST_LIMITS = dict(max_request_bytes=256 * 1024, max_events_per_batch=50, max_text_chars=20_000, auth_cache_ttl_s=0)
+
+
+@pytest.fixture(scope="session")
+def server(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real HTTP server on loopback, one per backend, with small limits so tests can reach them."""
+    settings = Settings(database_url=db_url, data_dir=tmp_path_factory.mktemp("data"), **TEST_LIMITS)
+    srv, thread, url = start_server(settings)
+    yield Server(url=url, db_url=db_url, settings=settings)
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@dataclass
+class Tenant:
+    name: str
+    ingest: httpx.Client
+    admin: httpx.Client
+    ingest_key: str
+    admin_key: str
+
+
+def make_tenant(server: Server, excluded_paths: list[str] | None = None) -> Tenant:
+    name = f"p-{uuid.uuid4().hex[:10]}"
+    with session_scope(server.db_url) as session:
+        project = create_project(session, name, excluded_paths)
+        _, ingest_key = create_key(session, project, Role.ingest)
+        _, admin_key = create_key(session, project, Role.admin)
+
+    def client(key: str) -> httpx.Client:
+        return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    return Tenant(name, client(ingest_key), client(admin_key), ingest_key, admin_key)
+
+
+@pytest.fixture
+def tenant(server: Server) -> Iterator[Tenant]:
+    t = make_tenant(server)
+    yield t
+    t.ingest.close()
+    t.admin.close()
+
+
+@pytest.fixture
+def tenant_factory(server: Server) -> Iterator[object]:
+    made: list[Tenant] = []
+
+    def make(excluded_paths: list[str] | None = None) -> Tenant:
+        made.append(make_tenant(server, excluded_paths))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.ingest.close()
+        t.admin.close()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's environment or .env."""
+    for var in list(os.environ):
+        if var.startswith("EDITLOOP_") and var != "EDITLOOP_TEST_PG":
+            monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
