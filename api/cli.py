@@ -13,8 +13,11 @@ from core.projects import Role, create_key, create_project, get_project, list_ke
 from core.projects import set_excluded_paths as set_excluded
 from core.settings import Settings, get_settings
 
-app = typer.Typer(help="editloop: train your coding tool's own model on what its users do with its code.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="editloop: train your coding tool's own model on what its users do with its code.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 projects_app = typer.Typer(help="Projects (tenants).", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys of a project.", no_args_is_help=True)
@@ -69,8 +72,15 @@ def serve(
     settings = get_settings()
     ready_schema(settings)
     console.print(f"editloop collector on http://{host}:{port} (database: {_where(settings)})")
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
 
 
 def _where(settings: Settings) -> str:
@@ -147,8 +157,13 @@ def keys_list(project: Annotated[str, typer.Option(help="Project name.")]) -> No
     try:
         with session_scope(settings.sqlalchemy_url) as session:
             for k in list_keys(session, get_project(session, project)):
-                table.add_row(str(k.id), k.role, k.hint + "…", k.created_at.isoformat(timespec="seconds"),
-                              k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-")
+                table.add_row(
+                    str(k.id),
+                    k.role,
+                    k.hint + "…",
+                    k.created_at.isoformat(timespec="seconds"),
+                    k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-",
+                )
     except EditloopError as exc:
         raise fail(exc.detail) from None
     console.print(table)

@@ -29,8 +29,16 @@ SNIPPETS = [
     ("# count words\n", "def countWords(text):\n    return len(text.split())\n"),
     ("# clamp a number\n", "def clampValue(x, lo, hi):\n    return max(lo, min(hi, x))\n"),
 ]
-ANNOTATIONS = {"a": "float", "b": "float", "values": "list[float]", "name": "str", "text": "str", "x": "float",
-               "lo": "float", "hi": "float"}
+ANNOTATIONS = {
+    "a": "float",
+    "b": "float",
+    "values": "list[float]",
+    "name": "str",
+    "text": "str",
+    "x": "float",
+    "lo": "float",
+    "hi": "float",
+}
 
 
 def to_taste(code: str) -> str:
@@ -52,9 +60,16 @@ def simulate(n_users: int, per_user: int, seed: int = 0) -> list[list[dict[str, 
             prompt, completion = rng.choice(SNIPPETS)
             at = t0 + timedelta(seconds=60 * i + u)
             gen: dict[str, Any] = {
-                "event_id": f"{gid}:shown", "type": "generation", "generation_id": gid,
-                "occurred_at": at.isoformat(), "prompt": prompt, "completion": completion, "model": "base",
-                "language": "python", "file_path": f"src/user{u}/mod{i}.py", "user": f"user-{u}",
+                "event_id": f"{gid}:shown",
+                "type": "generation",
+                "generation_id": gid,
+                "occurred_at": at.isoformat(),
+                "prompt": prompt,
+                "completion": completion,
+                "model": "base",
+                "language": "python",
+                "file_path": f"src/user{u}/mod{i}.py",
+                "user": f"user-{u}",
             }
             if u == 1 and i == 0:
                 gen["completion"] = completion + 'AWS_KEY = "AKIAIOSFODNN7EXAMPLE"\n'
@@ -68,12 +83,23 @@ def simulate(n_users: int, per_user: int, seed: int = 0) -> list[list[dict[str, 
                 outcome = {"type": "accepted"}
             else:
                 outcome = {"type": "edited", "final_text": wanted}
-            later = {"event_id": f"{gid}:{outcome['type']}", "generation_id": gid,
-                     "occurred_at": (at + timedelta(seconds=20)).isoformat(), **outcome}
+            later = {
+                "event_id": f"{gid}:{outcome['type']}",
+                "generation_id": gid,
+                "occurred_at": (at + timedelta(seconds=20)).isoformat(),
+                **outcome,
+            }
             events = [gen, later]
             if outcome["type"] == "edited":  # editors report "accepted" first, then the edit
-                events.insert(1, {"event_id": f"{gid}:accepted", "type": "accepted", "generation_id": gid,
-                                  "occurred_at": (at + timedelta(seconds=2)).isoformat()})
+                events.insert(
+                    1,
+                    {
+                        "event_id": f"{gid}:accepted",
+                        "type": "accepted",
+                        "generation_id": gid,
+                        "occurred_at": (at + timedelta(seconds=2)).isoformat(),
+                    },
+                )
             rng.shuffle(events)  # feedback may arrive before the generation it is about
             requests.append(events)
     rng.shuffle(requests)
@@ -104,8 +130,10 @@ def run_demo(settings: Settings, console: Console, users: int = 8, per_user: int
     totals = {"stored": 0, "duplicates": 0, "secrets": 0}
     requests = simulate(users, per_user)
     try:
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ingest_key}"}) as editor, \
-                Progress(console=console, transient=True) as progress:
+        with (
+            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ingest_key}"}) as editor,
+            Progress(console=console, transient=True) as progress,
+        ):
             task = progress.add_task("editors posting feedback", total=len(requests))
             started = time.perf_counter()
             for events in requests:
@@ -155,6 +183,8 @@ def run_demo(settings: Settings, console: Console, users: int = 8, per_user: int
     example = next((g for g in items if g["outcome"] == "edited" and g["edit_distance"]), None)
     if example:
         console.print("[bold]an edited generation, as the loop will learn from it[/bold]")
-        console.print(f"[red]- model:[/red]\n{example['completion']}[green]+ user:[/green]\n{example['final_text']}"
-                      f"edit distance {example['edit_distance']:.3f}")
+        console.print(
+            f"[red]- model:[/red]\n{example['completion']}[green]+ user:[/green]\n{example['final_text']}"
+            f"edit distance {example['edit_distance']:.3f}"
+        )
     return summary

@@ -112,9 +112,7 @@ def revoke_key(session: Session, project: Project, key_id: int) -> None:
 
 
 def authenticate(session: Session, plain: str) -> Principal | None:
-    key = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None))
-    )
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None)))
     if key is None:
         return None
     return Principal(project_id=key.project_id, role=Role(key.role), key_id=key.id)

@@ -70,8 +70,19 @@ def merge(row: dict[str, Any], event: Event, payload: dict[str, Any]) -> None:
     row["event_count"] += 1
     if isinstance(event, GenerationEvent):
         if _wins(event, row["shown_at"], row["shown_event_id"], latest=False):
-            for field in ("prompt", "messages", "completion", "model", "language", "file_path", "prefix",
-                          "suffix", "user", "session", "latency_ms"):
+            for field in (
+                "prompt",
+                "messages",
+                "completion",
+                "model",
+                "language",
+                "file_path",
+                "prefix",
+                "suffix",
+                "user",
+                "session",
+                "latency_ms",
+            ):
                 row[field] = payload.get(field)
             row["meta"] = payload.get("metadata")
             row["shown_at"], row["shown_event_id"] = event.occurred_at, event.event_id

@@ -80,8 +80,9 @@ def ingest(session: Session, project_id: int, raw_events: list[Any], settings: S
         else:
             events[parsed.event_id] = parsed
     if not events:
-        return IngestResult(received=len(raw_events), stored=0, duplicates=duplicates, errors=errors,
-                            secrets_redacted={})
+        return IngestResult(
+            received=len(raw_events), stored=0, duplicates=duplicates, errors=errors, secrets_redacted={}
+        )
 
     project = session.get(Project, project_id)
     if project is None:
@@ -189,7 +190,7 @@ def _redact_stored_code(session: Session, project_id: int, generation_ids: set[s
     for event_pk, payload in stored:
         if any(f in payload for f in FEEDBACK_CODE):
             kept = {k: v for k, v in payload.items() if k not in FEEDBACK_CODE}
-            session.execute(update(_EVENTS).where(_EVENTS.c.id == event_pk).values(payload=kept))
+            session.execute(update(FeedbackEvent).where(FeedbackEvent.id == event_pk).values(payload=kept))
 
 
 def _out(row: Any) -> GenerationOut:
@@ -201,9 +202,11 @@ def _out(row: Any) -> GenerationOut:
 
 
 def get_generation(session: Session, project_id: int, generation_id: str) -> GenerationOut:
-    row = session.execute(
-        select(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id == generation_id)
-    ).mappings().first()
+    row = (
+        session.execute(select(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id == generation_id))
+        .mappings()
+        .first()
+    )
     if row is None:
         raise NotFound(f"generation {generation_id!r} does not exist")
     return _out(row)
@@ -247,6 +250,4 @@ def list_generations(
     rows = session.execute(query.order_by(_GEN.c.id).limit(limit + 1)).mappings().all()
     more = len(rows) > limit
     rows = rows[:limit]
-    return GenerationPage(
-        items=[_out(r) for r in rows], next_cursor=_encode_cursor(rows[-1]["id"]) if more else None
-    )
+    return GenerationPage(items=[_out(r) for r in rows], next_cursor=_encode_cursor(rows[-1]["id"]) if more else None)

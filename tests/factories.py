@@ -30,4 +30,10 @@ def generation(gid: str, t: float = 0, **fields: Any) -> dict[str, Any]:
 
 
 def feedback(gid: str, kind: str, t: float, suffix: str = "", **fields: Any) -> dict[str, Any]:
-    return {"event_id": f"{gid}:{kind}{suffix}", "type": kind, "generation_id": gid, "occurred_at": at(t), **fields}
+    return {
+        "event_id": f"{gid}:{kind}{suffix}",
+        "type": kind,
+        "generation_id": gid,
+        "occurred_at": at(t),
+        **fields,
+    }

@@ -24,8 +24,12 @@ def store_batch(request: Request, project_id: int, events: list[Any]) -> IngestR
     """Ingest in one transaction and commit before answering: a 2xx means every stored event is committed."""
     sessions, settings = sessions_of(request), settings_of(request)
 
-    @retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(5),
-           wait=wait_random_exponential(0.01, 0.5), reraise=True)
+    @retry(
+        retry=retry_if_exception(_transient),
+        stop=stop_after_attempt(5),
+        wait=wait_random_exponential(0.01, 0.5),
+        reraise=True,
+    )
     def attempt() -> IngestResult:
         with sessions() as session:
             result = service.ingest(session, project_id, events, settings)

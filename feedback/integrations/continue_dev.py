@@ -83,8 +83,7 @@ def _opt_num(data: dict[str, Any], key: str, path: str = "data") -> float | None
 def _req_id(data: dict[str, Any], key: str) -> str:
     value = _req_str(data, key)
     if not value or len(value) > _MAX_ID_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise InvalidInput(f"data.{key}: must be a non-empty id of at most {_MAX_ID_CHARS} printable "
-                           "characters")
+        raise InvalidInput(f"data.{key}: must be a non-empty id of at most {_MAX_ID_CHARS} printable characters")
     return value
 
 
@@ -158,16 +157,24 @@ def _metadata(event_name: str, data: dict[str, Any], profile_id: str | None, **e
 
 
 def _generation(generation_id: str, occurred_at: str, **fields: Any) -> Event:
-    event = {"event_id": f"{generation_id}:generation", "type": "generation", "generation_id": generation_id,
-             "occurred_at": occurred_at}
+    event = {
+        "event_id": f"{generation_id}:generation",
+        "type": "generation",
+        "generation_id": generation_id,
+        "occurred_at": occurred_at,
+    }
     event.update({k: v for k, v in fields.items() if v is not None})
     return event
 
 
 def _decision(generation_id: str, occurred_at: str, accepted: bool, reason: str | None = None) -> Event:
     kind = "accepted" if accepted else "rejected"
-    event: Event = {"event_id": f"{generation_id}:{kind}", "type": kind, "generation_id": generation_id,
-                    "occurred_at": occurred_at}
+    event: Event = {
+        "event_id": f"{generation_id}:{kind}",
+        "type": kind,
+        "generation_id": generation_id,
+        "occurred_at": occurred_at,
+    }
     if not accepted and reason:
         event["reason"] = reason
     return event
@@ -190,7 +197,8 @@ def _map_autocomplete(data: dict[str, Any], profile_id: str | None) -> list[Even
     gid = f"continue:autocomplete:{completion_id}"
     events = [
         _generation(
-            gid, at,
+            gid,
+            at,
             prompt=_req_str(data, "prompt"),  # the rendered FIM prompt Continue sent to the model
             completion=_req_str(data, "completion"),
             model=_model(data, "modelName"),
@@ -199,8 +207,13 @@ def _map_autocomplete(data: dict[str, Any], profile_id: str | None) -> list[Even
             suffix=_req_str(data, "suffix"),
             user=_user(data),
             latency_ms=_opt_num(data, "time"),
-            metadata=_metadata("autocomplete", data, profile_id, cache_hit=_opt_bool(data, "cacheHit"),
-                               git_repo=_opt_str(data, "gitRepo")),
+            metadata=_metadata(
+                "autocomplete",
+                data,
+                profile_id,
+                cache_hit=_opt_bool(data, "cacheHit"),
+                git_repo=_opt_str(data, "gitRepo"),
+            ),
         )
     ]
     accepted = _opt_bool(data, "accepted")
@@ -231,16 +244,23 @@ def _map_next_edit_outcome(data: dict[str, Any], profile_id: str | None) -> list
         cursor_character = _opt_num(cursor, "character", "data.cursorPosition")
     events = [
         _generation(
-            gid, at,
+            gid,
+            at,
             prompt=_req_str(data, "prompt"),
             completion=_req_str(data, "completion"),
             model=_model(data, "modelName"),
             file_path=_file_path(_req_str(data, "fileUri")),
             user=_user(data),
             latency_ms=_opt_num(data, "elapsed"),
-            metadata=_metadata("nextEditOutcome", data, profile_id, request_id=_opt_str(data, "requestId"),
-                               git_repo=_opt_str(data, "gitRepo"), cursor_line=cursor_line,
-                               cursor_character=cursor_character),
+            metadata=_metadata(
+                "nextEditOutcome",
+                data,
+                profile_id,
+                request_id=_opt_str(data, "requestId"),
+                git_repo=_opt_str(data, "gitRepo"),
+                cursor_line=cursor_line,
+                cursor_character=cursor_character,
+            ),
         )
     ]
     accepted, aborted = _opt_bool(data, "accepted"), _opt_bool(data, "aborted")
@@ -269,15 +289,21 @@ def _map_edit_outcome(data: dict[str, Any], profile_id: str | None) -> list[Even
     new_code = _opt_str(data, "newCode")
     return [
         _generation(
-            gid, at,
+            gid,
+            at,
             prompt=_req_str(data, "prompt"),  # the user's instruction
             completion=reply if new_code is None else new_code,
             prefix=_opt_str(data, "previousCode"),
             model=_model(data, "modelName", "modelTitle"),  # older 0.2.0 builds send only modelTitle
             file_path=_file_path(_opt_str(data, "filepath")),
             user=_user(data),
-            metadata=_metadata("editOutcome", data, profile_id, model_title=_opt_str(data, "modelTitle"),
-                               line_change=_opt_num(data, "lineChange")),
+            metadata=_metadata(
+                "editOutcome",
+                data,
+                profile_id,
+                model_title=_opt_str(data, "modelTitle"),
+                line_change=_opt_num(data, "lineChange"),
+            ),
         ),
         _decision(gid, at, _req_bool(data, "accepted"), reason="rejected"),
     ]
@@ -296,7 +322,8 @@ def _map_chat_feedback(data: dict[str, Any], profile_id: str | None) -> list[Eve
     gid = f"continue:chat:{_digest([session_id, prompt, completion])}"
     events = [
         _generation(
-            gid, at,
+            gid,
+            at,
             prompt=prompt,
             completion=completion,
             model=_model(data, "modelTitle", "modelName"),
@@ -309,8 +336,15 @@ def _map_chat_feedback(data: dict[str, Any], profile_id: str | None) -> list[Eve
     if feedback is not None:
         vote = "up" if feedback else "down"
         stamp = int(datetime.fromisoformat(at).timestamp() * 1000)
-        events.append({"event_id": f"{gid}:rating:{vote}:{stamp}", "type": "rating", "generation_id": gid,
-                       "occurred_at": at, "score": 1 if feedback else -1})
+        events.append(
+            {
+                "event_id": f"{gid}:rating:{vote}:{stamp}",
+                "type": "rating",
+                "generation_id": gid,
+                "occurred_at": at,
+                "score": 1 if feedback else -1,
+            }
+        )
     return events
 
 
@@ -353,11 +387,14 @@ def map_continue_event(body: dict) -> list[dict]:
     if mapper is None:
         return []
     if schema != SCHEMA_VERSION:
-        raise InvalidInput(f"schema: unsupported version {schema[:32]!r}; set `schema: {SCHEMA_VERSION}` on "
-                           "this Continue data destination")
+        raise InvalidInput(
+            f"schema: unsupported version {schema[:32]!r}; set `schema: {SCHEMA_VERSION}` on "
+            "this Continue data destination"
+        )
     if level == "noCode":
-        raise InvalidInput("level: 'noCode' leaves out the prompt and code; set `level: all` on this "
-                           "Continue data destination")
+        raise InvalidInput(
+            "level: 'noCode' leaves out the prompt and code; set `level: all` on this Continue data destination"
+        )
     return mapper(data, profile_id)
 
 

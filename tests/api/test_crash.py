@@ -22,7 +22,9 @@ def _start(db_url: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "EDITLOOP_DATABASE_URL": db_url}
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -48,8 +50,9 @@ def test_sigkill_mid_load_loses_no_acknowledged_event(pg_url):
     stop = threading.Event()
 
     def client(worker: int) -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
-                          timeout=5) as c:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=5
+        ) as c:
             n = 0
             while not stop.is_set() and n < 5000:  # bounded in count and in time
                 gid = new_id(f"w{worker}")

@@ -26,8 +26,13 @@ def get(tenant, gid: str) -> dict:
 
 def test_generation_and_edit_join(tenant):
     gid = new_id()
-    r = post(tenant.ingest, [generation(gid, language="python", user="u1"),
-                             feedback(gid, "edited", 5, final_text="    return int(a) + int(b)\n")])
+    r = post(
+        tenant.ingest,
+        [
+            generation(gid, language="python", user="u1"),
+            feedback(gid, "edited", 5, final_text="    return int(a) + int(b)\n"),
+        ],
+    )
     assert r.status_code == 200, r.text
     assert r.json() == {"received": 2, "stored": 2, "duplicates": 0, "errors": [], "secrets_redacted": {}}
     g = get(tenant, gid)
@@ -40,13 +45,28 @@ def test_generation_and_edit_join(tenant):
 
 def test_accept_reject_and_partial_accept(tenant):
     a, r_, p = new_id(), new_id(), new_id()
-    post(tenant.ingest, [generation(a), feedback(a, "accepted", 1),
-                         generation(r_), feedback(r_, "rejected", 1, reason="wrong"),
-                         generation(p), feedback(p, "accepted", 1, accepted_text="    return a")])
+    post(
+        tenant.ingest,
+        [
+            generation(a),
+            feedback(a, "accepted", 1),
+            generation(r_),
+            feedback(r_, "rejected", 1, reason="wrong"),
+            generation(p),
+            feedback(p, "accepted", 1, accepted_text="    return a"),
+        ],
+    )
     assert (get(tenant, a)["outcome"], get(tenant, a)["final_text"], get(tenant, a)["edit_distance"]) == (
-        "accepted", "    return a + b\n", 0.0)
+        "accepted",
+        "    return a + b\n",
+        0.0,
+    )
     rejected = get(tenant, r_)
-    assert (rejected["outcome"], rejected["final_text"], rejected["reject_reason"]) == ("rejected", None, "wrong")
+    assert (rejected["outcome"], rejected["final_text"], rejected["reject_reason"]) == (
+        "rejected",
+        None,
+        "wrong",
+    )
     assert get(tenant, p)["final_text"] == "    return a"
 
 

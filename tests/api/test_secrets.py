@@ -23,10 +23,15 @@ def test_secrets_are_replaced_before_storage_and_counted(tenant, server):
     gid = new_id()
     completion = f'client = boto3.client("s3", aws_access_key_id="{AWS}")\n'
     final = f'DSN = "postgresql://app:{PG_PASSWORD}@db.internal:5432/prod"\n'
-    r = tenant.ingest.post("/v1/events", json={"events": [
-        generation(gid, completion=completion, metadata={"note": f"key {AWS}"}),
-        feedback(gid, "edited", 3, final_text=final),
-    ]})
+    r = tenant.ingest.post(
+        "/v1/events",
+        json={
+            "events": [
+                generation(gid, completion=completion, metadata={"note": f"key {AWS}"}),
+                feedback(gid, "edited", 3, final_text=final),
+            ]
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["secrets_redacted"] == {"aws_access_key": 2, "connection_string_password": 1}
 
@@ -44,16 +49,26 @@ def test_excluded_paths_keep_outcome_but_no_code(tenant_factory, server):
     early, plain, nested = new_id(), new_id(), new_id()
     # The edit arrives before the generation that reveals the path: it must not stay in the log either.
     tenant.ingest.post("/v1/events", json={"events": [feedback(early, "edited", 5, final_text="API_URL=https://x")]})
-    r = tenant.ingest.post("/v1/events", json={"events": [
-        generation(early, file_path="config/.env.local", completion="API_URL=http://x"),
-        generation(plain, file_path="src/app.py"),
-        generation(nested, file_path="secrets/prod/key.txt"),
-        feedback(nested, "accepted", 2, accepted_text="abc"),
-    ]})
+    r = tenant.ingest.post(
+        "/v1/events",
+        json={
+            "events": [
+                generation(early, file_path="config/.env.local", completion="API_URL=http://x"),
+                generation(plain, file_path="src/app.py"),
+                generation(nested, file_path="secrets/prod/key.txt"),
+                feedback(nested, "accepted", 2, accepted_text="abc"),
+            ]
+        },
+    )
     assert r.status_code == 200, r.text
     g = tenant.admin.get(f"/v1/generations/{early}").json()
     assert (g["outcome"], g["excluded"], g["completion"], g["final_text"], g["prompt"]) == (
-        "edited", True, None, None, None)
+        "edited",
+        True,
+        None,
+        None,
+        None,
+    )
     assert g["file_path"] == "config/.env.local"
     assert "API_URL" not in _stored_text(server.db_url, early)
     n = tenant.admin.get(f"/v1/generations/{nested}").json()

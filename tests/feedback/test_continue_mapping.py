@@ -15,21 +15,71 @@ BASE = {"timestamp", "userId", "userAgent", "selectedProfileId", "eventName", "s
 # Every field of Continue's 0.2.0 schema for the event:
 # packages/config-yaml/src/schemas/data/<event>/v0.2.0.ts in github.com/continuedev/continue.
 FIELDS = {
-    "autocomplete": BASE | {
-        "disable", "maxPromptTokens", "debounceDelay", "maxSuffixPercentage", "prefixPercentage", "transform",
-        "template", "multilineCompletions", "slidingWindowPrefixPercentage", "slidingWindowSize", "useCache",
-        "onlyMyCode", "useRecentlyEdited", "useImports", "accepted", "time", "prefix", "suffix", "prompt",
-        "completion", "modelProvider", "modelName", "cacheHit", "filepath", "gitRepo", "completionId",
+    "autocomplete": BASE
+    | {
+        "disable",
+        "maxPromptTokens",
+        "debounceDelay",
+        "maxSuffixPercentage",
+        "prefixPercentage",
+        "transform",
+        "template",
+        "multilineCompletions",
+        "slidingWindowPrefixPercentage",
+        "slidingWindowSize",
+        "useCache",
+        "onlyMyCode",
+        "useRecentlyEdited",
+        "useImports",
+        "accepted",
+        "time",
+        "prefix",
+        "suffix",
+        "prompt",
+        "completion",
+        "modelProvider",
+        "modelName",
+        "cacheHit",
+        "filepath",
+        "gitRepo",
+        "completionId",
         "uniqueId",
     },
-    "nextEditOutcome": BASE | {
-        "elapsed", "completionOptions", "completionId", "requestId", "gitRepo", "uniqueId", "fileUri",
-        "workspaceDirUri", "prompt", "userEdits", "userExcerpts", "originalEditableRange", "completion",
-        "cursorPosition", "accepted", "aborted", "modelProvider", "modelName",
+    "nextEditOutcome": BASE
+    | {
+        "elapsed",
+        "completionOptions",
+        "completionId",
+        "requestId",
+        "gitRepo",
+        "uniqueId",
+        "fileUri",
+        "workspaceDirUri",
+        "prompt",
+        "userEdits",
+        "userExcerpts",
+        "originalEditableRange",
+        "completion",
+        "cursorPosition",
+        "accepted",
+        "aborted",
+        "modelProvider",
+        "modelName",
     },
-    "editOutcome": BASE | {
-        "prompt", "completion", "modelName", "modelTitle", "modelProvider", "accepted", "previousCode",
-        "newCode", "previousCodeLines", "newCodeLines", "lineChange", "filepath",
+    "editOutcome": BASE
+    | {
+        "prompt",
+        "completion",
+        "modelName",
+        "modelTitle",
+        "modelProvider",
+        "accepted",
+        "previousCode",
+        "newCode",
+        "previousCodeLines",
+        "newCodeLines",
+        "lineChange",
+        "filepath",
     },
     "chatFeedback": BASE | {"prompt", "completion", "modelTitle", "feedback", "sessionId"},
     "tokensGenerated": BASE | {"model", "provider", "promptTokens", "generatedTokens"},
@@ -76,9 +126,13 @@ def test_autocomplete_accepted():
     assert gen["model"] == "qwen2.5-coder:1.5b" and gen["latency_ms"] == 412
     assert gen["file_path"] == "/home/dev/project/src/calc utils.py"
     assert gen["metadata"] == {
-        "source": "continue", "continue_event": "autocomplete", "model_provider": "ollama",
-        "user_agent": "Visual Studio Code/1.101.2 (Continue/1.1.56)", "profile_id": "local",
-        "cache_hit": False, "git_repo": "https://github.com/example/project.git",
+        "source": "continue",
+        "continue_event": "autocomplete",
+        "model_provider": "ollama",
+        "user_agent": "Visual Studio Code/1.101.2 (Continue/1.1.56)",
+        "profile_id": "local",
+        "cache_hit": False,
+        "git_repo": "https://github.com/example/project.git",
     }
     assert "accepted_text" not in acc
 
@@ -158,8 +212,15 @@ def test_edit_outcome_rejected_is_a_different_generation():
 
 def test_edit_outcome_from_an_older_build_without_code_fields():
     body = load("editOutcome")
-    for key in ("modelName", "previousCode", "newCode", "previousCodeLines", "newCodeLines", "lineChange",
-                "filepath"):
+    for key in (
+        "modelName",
+        "previousCode",
+        "newCode",
+        "previousCodeLines",
+        "newCodeLines",
+        "lineChange",
+        "filepath",
+    ):
         del body["data"][key]
     gen = by_type(valid(map_continue_event(body)))["generation"]
     assert gen["completion"] == body["data"]["completion"] and "prefix" not in gen
@@ -218,8 +279,7 @@ def test_user_is_a_digest_never_continues_user_token(name):
 def test_ignored_event_names():
     assert map_continue_event(load("tokensGenerated")) == []
     for name in ("chatInteraction", "editInteraction", "nextEditWithHistory", "toolUsage", "someFutureEvent"):
-        assert map_continue_event({"name": name, "data": {}, "schema": "0.2.0", "level": "all",
-                                   "profileId": ""}) == []
+        assert map_continue_event({"name": name, "data": {}, "schema": "0.2.0", "level": "all", "profileId": ""}) == []
     old = load("tokensGenerated") | {"schema": "0.1.0"}  # a version we cannot read, but an event we ignore
     assert map_continue_event(old) == []
 
@@ -231,6 +291,7 @@ def _without(path: str):
         for part in parents:
             target = target[part]
         del target[last]
+
     return change
 
 
@@ -241,6 +302,7 @@ def _set(path: str, value):
         for part in parents:
             target = target[part]
         target[last] = value
+
     return change
 
 
@@ -267,8 +329,11 @@ def _set(path: str, value):
         ("autocomplete", _set("data.time", "fast"), "data.time: must be a number"),
         ("autocomplete", _without("data.modelName"), "data.modelName: required"),
         ("nextEditOutcome", _set("data.cursorPosition", [1, 2]), "data.cursorPosition: must be an object"),
-        ("nextEditOutcome", _set("data.cursorPosition.line", "1"),
-         "data.cursorPosition.line: must be a number"),
+        (
+            "nextEditOutcome",
+            _set("data.cursorPosition.line", "1"),
+            "data.cursorPosition.line: must be a number",
+        ),
         ("nextEditOutcome", _without("data.fileUri"), "data.fileUri: required"),
         ("editOutcome", _without("data.accepted"), "data.accepted: required"),
         ("editOutcome", _set("data.newCode", 5), "data.newCode: must be a string"),
