@@ -71,8 +71,13 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-@lru_cache(maxsize=8)
 def get_engine(url: str, pool_size: int = 10) -> Engine:
+    """One engine per (url, pool size) and process."""
+    return _engine(url, pool_size)
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str, pool_size: int) -> Engine:
     if url.startswith("sqlite"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
@@ -84,8 +89,12 @@ def get_engine(url: str, pool_size: int = 10) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-@lru_cache(maxsize=8)
 def get_sessionmaker(url: str, pool_size: int = 10) -> sessionmaker[Session]:
+    return _sessionmaker(url, pool_size)
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker(url: str, pool_size: int) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url, pool_size), expire_on_commit=False)
 
 

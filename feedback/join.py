@@ -13,7 +13,7 @@ from feedback.schemas import AcceptedEvent, EditedEvent, Event, GenerationEvent,
 
 # Code that an excluded file path keeps out of the database.
 GENERATION_CODE = ("prompt", "messages", "completion", "prefix", "suffix")
-ROW_CODE = (*GENERATION_CODE, "accepted_text", "edited_text", "final_text")
+ROW_CODE = (*GENERATION_CODE, "accepted_text", "final_text")
 FEEDBACK_CODE = ("accepted_text", "final_text")
 
 
@@ -41,7 +41,6 @@ def empty_row(project_id: int, generation_id: str, now: datetime) -> dict[str, A
         "reject_reason": None,
         "decided_at": None,
         "decision_event_id": None,
-        "edited_text": None,
         "edited_at": None,
         "edited_event_id": None,
         "rating_score": None,
@@ -94,7 +93,7 @@ def merge(row: dict[str, Any], event: Event, payload: dict[str, Any]) -> None:
             row["decided_at"], row["decision_event_id"] = event.occurred_at, event.event_id
     elif isinstance(event, EditedEvent):
         if _wins(event, row["edited_at"], row["edited_event_id"], latest=True):
-            row["edited_text"] = payload.get("final_text")
+            row["final_text"] = payload.get("final_text")
             row["edited_at"], row["edited_event_id"] = event.occurred_at, event.event_id
     elif isinstance(event, RatingEvent):
         if _wins(event, row["rated_at"], row["rating_event_id"], latest=True):
@@ -109,8 +108,7 @@ def derive(row: dict[str, Any]) -> None:
         for field in ROW_CODE:
             row[field] = None
     if row["edited_event_id"] is not None:
-        row["outcome"] = "edited"
-        row["final_text"] = row["edited_text"]
+        row["outcome"] = "edited"  # final_text is the edit's text, set by merge()
     elif row["decision"] is not None:
         row["outcome"] = row["decision"]
         accepted = row["decision"] == "accepted"

@@ -28,7 +28,8 @@ class FeedbackEvent(Base):
     generation_id: Mapped[str] = mapped_column(String(200))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    # Plain `json`, not `jsonb`: the log is written far more than it is queried, and jsonb parsing costs CPU.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class Generation(Base):
@@ -39,7 +40,6 @@ class Generation(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "generation_id"),
         Index("ix_generations_project_outcome", "project_id", "outcome"),
-        Index("ix_generations_project_model", "project_id", "model"),
         Index("ix_generations_project_updated", "project_id", "updated_at"),
     )
 
@@ -71,8 +71,7 @@ class Generation(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     decision_event_id: Mapped[str | None] = mapped_column(String(200))
 
-    # The latest `edited`.
-    edited_text: Mapped[str | None] = mapped_column(Text)
+    # The latest `edited`: its text is `final_text`.
     edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     edited_event_id: Mapped[str | None] = mapped_column(String(200))
 

@@ -29,6 +29,7 @@ from feedback.scrub import scrub_text
 _COMMON = {"event_id", "type", "generation_id", "occurred_at"}
 _GEN = Generation.__table__
 _EVENTS = FeedbackEvent.__table__
+_UPDATABLE = [c.name for c in _GEN.columns if c.name not in ("id", "project_id", "generation_id", "created_at")]
 
 
 def _scrub(value: Any, counts: Counter[str]) -> Any:
@@ -161,11 +162,12 @@ def ingest(session: Session, project_id: int, raw_events: list[Any], settings: S
 
     if changed:
         upsert = dialect_insert(session, _GEN)
-        columns = [c.name for c in _GEN.columns if c.name not in ("id", "project_id", "generation_id", "created_at")]
         upsert = upsert.on_conflict_do_update(
-            index_elements=["project_id", "generation_id"], set_={c: upsert.excluded[c] for c in columns}
+            index_elements=["project_id", "generation_id"], set_={c: upsert.excluded[c] for c in _UPDATABLE}
         )
-        session.execute(upsert, [changed[g] for g in sorted(changed)])
+        # RETURNING puts executemany on SQLAlchemy's "insertmanyvalues" path: a few multi-row statements from a
+        # cached compilation, instead of one statement per row.
+        session.execute(upsert.returning(_GEN.c.id), [changed[g] for g in sorted(changed)]).all()
     if newly_excluded:
         _redact_stored_code(session, project_id, newly_excluded)
 

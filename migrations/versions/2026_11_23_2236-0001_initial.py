@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 22:14:46.797625
+Create Date: 2026-11-23 22:36:59.737790
 """
 
 from collections.abc import Sequence
@@ -54,16 +54,9 @@ def upgrade() -> None:
         sa.Column("generation_id", sa.String(length=200), nullable=False),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column(
-            "payload",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
+        sa.Column("payload", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["project_id"],
-            ["projects.id"],
-            name=op.f("fk_feedback_events_project_id_projects"),
-            ondelete="CASCADE",
+            ["project_id"], ["projects.id"], name=op.f("fk_feedback_events_project_id_projects"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_feedback_events")),
         sa.UniqueConstraint("project_id", "event_id", name=op.f("uq_feedback_events_project_id_event_id")),
@@ -79,9 +72,7 @@ def upgrade() -> None:
         sa.Column("outcome", sa.String(length=16), nullable=False),
         sa.Column("prompt", sa.Text(), nullable=True),
         sa.Column(
-            "messages",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
+            "messages", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
         ),
         sa.Column("completion", sa.Text(), nullable=True),
         sa.Column("model", sa.String(length=200), nullable=True),
@@ -92,11 +83,7 @@ def upgrade() -> None:
         sa.Column("user", sa.String(length=200), nullable=True),
         sa.Column("session", sa.String(length=200), nullable=True),
         sa.Column("latency_ms", sa.Float(), nullable=True),
-        sa.Column(
-            "meta",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
-        ),
+        sa.Column("meta", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True),
         sa.Column("shown_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("shown_event_id", sa.String(length=200), nullable=True),
         sa.Column("decision", sa.String(length=16), nullable=True),
@@ -104,7 +91,6 @@ def upgrade() -> None:
         sa.Column("reject_reason", sa.Text(), nullable=True),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("decision_event_id", sa.String(length=200), nullable=True),
-        sa.Column("edited_text", sa.Text(), nullable=True),
         sa.Column("edited_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("edited_event_id", sa.String(length=200), nullable=True),
         sa.Column("rating_score", sa.Float(), nullable=True),
@@ -123,25 +109,34 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["project_id"],
-            ["projects.id"],
-            name=op.f("fk_generations_project_id_projects"),
-            ondelete="CASCADE",
+            ["project_id"], ["projects.id"], name=op.f("fk_generations_project_id_projects"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_generations")),
         sa.UniqueConstraint("project_id", "generation_id", name=op.f("uq_generations_project_id_generation_id")),
     )
     with op.batch_alter_table("generations", schema=None) as batch_op:
-        batch_op.create_index("ix_generations_project_model", ["project_id", "model"], unique=False)
         batch_op.create_index("ix_generations_project_outcome", ["project_id", "outcome"], unique=False)
         batch_op.create_index("ix_generations_project_updated", ["project_id", "updated_at"], unique=False)
+
+    if op.get_bind().dialect.name == "postgresql":
+        # Generation rows hold several KB of code, so they go through TOAST on every write. lz4 costs far less
+        # CPU than the default pglz. A server built without lz4 keeps pglz.
+        columns = {
+            "generations": ["prompt", "messages", "completion", "prefix", "suffix", "accepted_text", "final_text"],
+            "feedback_events": ["payload"],
+        }
+        for table, names in columns.items():
+            for name in names:
+                op.execute(
+                    f"DO $$ BEGIN ALTER TABLE {table} ALTER COLUMN {name} SET COMPRESSION lz4; "
+                    "EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN NULL; END $$"
+                )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("generations", schema=None) as batch_op:
         batch_op.drop_index("ix_generations_project_updated")
         batch_op.drop_index("ix_generations_project_outcome")
-        batch_op.drop_index("ix_generations_project_model")
 
     op.drop_table("generations")
     with op.batch_alter_table("feedback_events", schema=None) as batch_op:
