@@ -22,7 +22,7 @@ class FeedbackEvent(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"))
     event_id: Mapped[str] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(16))
     generation_id: Mapped[str] = mapped_column(String(200))
@@ -44,7 +44,7 @@ class Generation(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"))
     generation_id: Mapped[str] = mapped_column(String(200))
     outcome: Mapped[str] = mapped_column(String(16))
 

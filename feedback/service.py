@@ -9,10 +9,11 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from core.db import dialect_insert, utcnow
+from core.db import utcnow
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
 from core.settings import Settings
+from feedback.bulk import BulkWriter
 from feedback.join import FEEDBACK_CODE, GENERATION_CODE, derive, empty_row, merge
 from feedback.models import FeedbackEvent, Generation
 from feedback.schemas import (
@@ -29,7 +30,18 @@ from feedback.scrub import scrub_text
 _COMMON = {"event_id", "type", "generation_id", "occurred_at"}
 _GEN = Generation.__table__
 _EVENTS = FeedbackEvent.__table__
-_UPDATABLE = [c.name for c in _GEN.columns if c.name not in ("id", "project_id", "generation_id", "created_at")]
+_WRITE_EVENTS = BulkWriter(
+    _EVENTS,
+    ["project_id", "event_id", "type", "generation_id", "occurred_at", "received_at", "payload"],
+    conflict=["project_id", "event_id"],
+    returning="event_id",
+)
+_WRITE_GENERATIONS = BulkWriter(
+    _GEN,
+    [c.name for c in _GEN.columns if c.name != "id"],
+    conflict=["project_id", "generation_id"],
+    update=[c.name for c in _GEN.columns if c.name not in ("id", "project_id", "generation_id", "created_at")],
+)
 
 
 def _scrub(value: Any, counts: Counter[str]) -> Any:
@@ -119,10 +131,9 @@ def ingest(session: Session, project_id: int, raw_events: list[Any], settings: S
         per_event[event_id] = (_scrub(payload, found), found)
         counts.update(found)
 
-    insert = dialect_insert(session, _EVENTS)
     stored_ids = set(
-        session.scalars(
-            insert.on_conflict_do_nothing(index_elements=["project_id", "event_id"]).returning(_EVENTS.c.event_id),
+        _WRITE_EVENTS.write(
+            session,
             [
                 {
                     "project_id": project_id,
@@ -160,14 +171,7 @@ def ingest(session: Session, project_id: int, raw_events: list[Any], settings: S
         row["updated_at"] = now
         row.pop("id", None)
 
-    if changed:
-        upsert = dialect_insert(session, _GEN)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=["project_id", "generation_id"], set_={c: upsert.excluded[c] for c in _UPDATABLE}
-        )
-        # RETURNING puts executemany on SQLAlchemy's "insertmanyvalues" path: a few multi-row statements from a
-        # cached compilation, instead of one statement per row.
-        session.execute(upsert.returning(_GEN.c.id), [changed[g] for g in sorted(changed)]).all()
+    _WRITE_GENERATIONS.write(session, [changed[g] for g in sorted(changed)])
     if newly_excluded:
         _redact_stored_code(session, project_id, newly_excluded)
 
