@@ -4,9 +4,11 @@ Each group of fields has one winning event: the earliest `generation` (what was 
 decision, edit and rating, ordered by (occurred_at, event_id). Choosing a winner by a total order is commutative
 and idempotent, so any arrival order and any number of resends converge on the same row."""
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
+import orjson
 from rapidfuzz.distance import Levenshtein
 
 from feedback.schemas import AcceptedEvent, EditedEvent, Event, GenerationEvent, RatingEvent, RejectedEvent
@@ -24,6 +26,7 @@ def empty_row(project_id: int, generation_id: str, now: datetime) -> dict[str, A
         "outcome": "pending",
         "prompt": None,
         "messages": None,
+        "prompt_hash": None,
         "completion": None,
         "model": None,
         "language": None,
@@ -57,6 +60,14 @@ def empty_row(project_id: int, generation_id: str, now: datetime) -> dict[str, A
     }
 
 
+def prompt_hash(prompt: str | None, messages: list[dict[str, Any]] | None) -> str | None:
+    if prompt is not None:
+        return hashlib.sha256(prompt.encode()).hexdigest()
+    if messages is not None:
+        return hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return None
+
+
 def _wins(event: Event, at: datetime | None, event_id: str | None, *, latest: bool) -> bool:
     if at is None or event_id is None:
         return True
@@ -84,6 +95,7 @@ def merge(row: dict[str, Any], event: Event, payload: dict[str, Any]) -> None:
             ):
                 row[field] = payload.get(field)
             row["meta"] = payload.get("metadata")
+            row["prompt_hash"] = prompt_hash(payload.get("prompt"), payload.get("messages"))
             row["shown_at"], row["shown_event_id"] = event.occurred_at, event.event_id
     elif isinstance(event, AcceptedEvent | RejectedEvent):
         if _wins(event, row["decided_at"], row["decision_event_id"], latest=True):
@@ -107,6 +119,7 @@ def derive(row: dict[str, Any]) -> None:
     if row["excluded"]:
         for field in ROW_CODE:
             row[field] = None
+        row["prompt_hash"] = None
     if row["edited_event_id"] is not None:
         row["outcome"] = "edited"  # final_text is the edit's text, set by merge()
     elif row["decision"] is not None:

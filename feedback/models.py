@@ -41,6 +41,7 @@ class Generation(Base):
         UniqueConstraint("project_id", "generation_id"),
         Index("ix_generations_project_outcome", "project_id", "outcome"),
         Index("ix_generations_project_updated", "project_id", "updated_at"),
+        Index("ix_generations_project_prompt", "project_id", "prompt_hash"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -51,6 +52,8 @@ class Generation(Base):
     # From the `generation` event.
     prompt: Mapped[str | None] = mapped_column(Text)
     messages: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    # sha256 of the prompt (or the chat messages): generations of the same prompt share it.
+    prompt_hash: Mapped[str | None] = mapped_column(String(64))
     completion: Mapped[str | None] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(200))
     language: Mapped[str | None] = mapped_column(String(64))

@@ -74,6 +74,7 @@ def upgrade() -> None:
         sa.Column(
             "messages", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
         ),
+        sa.Column("prompt_hash", sa.String(length=64), nullable=True),
         sa.Column("completion", sa.Text(), nullable=True),
         sa.Column("model", sa.String(length=200), nullable=True),
         sa.Column("language", sa.String(length=64), nullable=True),
@@ -116,6 +117,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("generations", schema=None) as batch_op:
         batch_op.create_index("ix_generations_project_outcome", ["project_id", "outcome"], unique=False)
+        batch_op.create_index("ix_generations_project_prompt", ["project_id", "prompt_hash"], unique=False)
         batch_op.create_index("ix_generations_project_updated", ["project_id", "updated_at"], unique=False)
 
     if op.get_bind().dialect.name == "postgresql":
@@ -136,6 +138,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("generations", schema=None) as batch_op:
         batch_op.drop_index("ix_generations_project_updated")
+        batch_op.drop_index("ix_generations_project_prompt")
         batch_op.drop_index("ix_generations_project_outcome")
 
     op.drop_table("generations")
