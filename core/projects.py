@@ -7,8 +7,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, select
+from sqlalchemy import JSON, ForeignKey, String, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -31,6 +32,8 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     # Globs of file paths whose code is never stored (outcome only), e.g. [".env*", "*.pem"].
     excluded_paths: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Per-project knobs of other packages (e.g. feedback.config.DatasetConfig), validated by their owners.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -92,3 +92,88 @@ class Generation(Base):
     event_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TrainingRow(Base):
+    """A row of training data in TRL's format, derived from one generation (or two, for a choice pair).
+    Rebuilt when its source changes; `active` is false once its source no longer yields it (a later edit
+    made it trivial, say). Snapshots copy rows, so rebuilding never changes a snapshot."""
+
+    __tablename__ = "training_rows"
+    __table_args__ = (
+        UniqueConstraint("project_id", "kind", "source_key"),
+        Index("ix_training_rows_project_built", "project_id", "built_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # edit_pair | choice_pair | kto | sft
+    source_key: Mapped[str] = mapped_column(String(450))  # generation id(s) and role: stable across rebuilds
+    prompt: Mapped[str | None] = mapped_column(Text)
+    messages: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    chosen: Mapped[str | None] = mapped_column(Text)
+    rejected: Mapped[str | None] = mapped_column(Text)
+    completion: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[bool | None] = mapped_column(Boolean)
+    user: Mapped[str | None] = mapped_column(String(200))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the latest event behind the row
+    generation_ids: Mapped[list[str]] = mapped_column(Json)
+    event_ids: Mapped[list[str]] = mapped_column(Json)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean)
+    built_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DatasetBuild(Base):
+    """One incremental build: which generations it read (changed up to `watermark`) and what each gate did."""
+
+    __tablename__ = "dataset_builds"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    watermark: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    generations_read: Mapped[int] = mapped_column(Integer, default=0)
+    rows_added: Mapped[int] = mapped_column(Integer, default=0)
+    rows_changed: Mapped[int] = mapped_column(Integer, default=0)
+    rows_removed: Mapped[int] = mapped_column(Integer, default=0)
+    report: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+
+
+class DatasetSnapshot(Base):
+    """An immutable, hashed copy of the active rows at a point in time, split into train and eval."""
+
+    __tablename__ = "dataset_snapshots"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sha256: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(Json)
+    counts: Mapped[dict[str, Any]] = mapped_column(Json)  # {kind: {train: n, eval: n}}
+    row_count: Mapped[int] = mapped_column(Integer)
+    build_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("dataset_builds.id", ondelete="SET NULL"))
+
+
+class SnapshotRow(Base):
+    __tablename__ = "snapshot_rows"
+    __table_args__ = (Index("ix_snapshot_rows_snapshot_kind_split", "snapshot_id", "kind", "split"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    snapshot_id: Mapped[int] = mapped_column(BigId, ForeignKey("dataset_snapshots.id", ondelete="CASCADE"))
+    split: Mapped[str] = mapped_column(String(8))  # train | eval
+    kind: Mapped[str] = mapped_column(String(16))
+    source_key: Mapped[str] = mapped_column(String(450))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    messages: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    chosen: Mapped[str | None] = mapped_column(Text)
+    rejected: Mapped[str | None] = mapped_column(Text)
+    completion: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[bool | None] = mapped_column(Boolean)
+    user: Mapped[str | None] = mapped_column(String(200))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    generation_ids: Mapped[list[str]] = mapped_column(Json)
+    event_ids: Mapped[list[str]] = mapped_column(Json)

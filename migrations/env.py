@@ -5,6 +5,7 @@ from sqlalchemy import pool
 
 import core.projects  # noqa: F401  (registers the models on Base.metadata)
 import feedback.models  # noqa: F401
+import trainers.models  # noqa: F401
 from core.db import Base, UTCDateTime, get_engine
 from core.settings import get_settings
 

@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, inspect
 
 import core.projects  # noqa: F401
 import feedback.models  # noqa: F401
+import trainers.models  # noqa: F401
 from core import migrate
 from core.db import Base
 from tests.conftest import PG_ADMIN
