@@ -57,6 +57,8 @@ class Principal:
     project_id: int
     role: Role
     key_id: int
+    # Read with the key and cached with it, so ingest needs no query for it.
+    excluded_paths: tuple[str, ...] = ()
 
 
 def hash_key(key: str) -> str:
@@ -115,7 +117,12 @@ def revoke_key(session: Session, project: Project, key_id: int) -> None:
 
 
 def authenticate(session: Session, plain: str) -> Principal | None:
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None)))
-    if key is None:
+    found = session.execute(
+        select(ApiKey, Project.excluded_paths)
+        .join(Project, Project.id == ApiKey.project_id)
+        .where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None))
+    ).first()
+    if found is None:
         return None
-    return Principal(project_id=key.project_id, role=Role(key.role), key_id=key.id)
+    key, excluded = found
+    return Principal(key.project_id, Role(key.role), key.id, tuple(excluded or ()))

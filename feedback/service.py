@@ -3,6 +3,7 @@
 import base64
 import fnmatch
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -78,7 +79,13 @@ def _lock_generations(session: Session, project_id: int, generation_ids: list[st
     )
 
 
-def ingest(session: Session, project_id: int, raw_events: list[Any], settings: Settings) -> IngestResult:
+def ingest(
+    session: Session,
+    project_id: int,
+    raw_events: list[Any],
+    settings: Settings,
+    excluded_paths: Sequence[str] | None = None,
+) -> IngestResult:
     """Validate, scrub and store a batch; fold the new events into their generations. Invalid events are
     reported by index and stored nowhere; events already stored are counted as duplicates and change nothing."""
     errors: list[EventError] = []
@@ -97,10 +104,12 @@ def ingest(session: Session, project_id: int, raw_events: list[Any], settings: S
             received=len(raw_events), stored=0, duplicates=duplicates, errors=errors, secrets_redacted={}
         )
 
-    project = session.get(Project, project_id)
-    if project is None:
-        raise NotFound(f"project {project_id} does not exist")
-    globs = list(project.excluded_paths or [])
+    if excluded_paths is None:  # callers that authenticated already know them
+        project = session.get(Project, project_id)
+        if project is None:
+            raise NotFound(f"project {project_id} does not exist")
+        excluded_paths = project.excluded_paths or []
+    globs = list(excluded_paths)
     now = utcnow()
 
     generation_ids = sorted({e.generation_id for e in events.values()})

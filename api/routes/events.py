@@ -8,6 +8,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_
 from api.body import read_json
 from api.deps import IngestKey, sessions_of, settings_of
 from core.errors import InvalidInput
+from core.projects import Principal
 from feedback import service
 from feedback.schemas import IngestResult
 
@@ -20,7 +21,7 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and (code in ("40P01", "40001") or "locked" in str(exc))
 
 
-def store_batch(request: Request, project_id: int, events: list[Any]) -> IngestResult:
+def store_batch(request: Request, key: Principal, events: list[Any]) -> IngestResult:
     """Ingest in one transaction and commit before answering: a 2xx means every stored event is committed."""
     sessions, settings = sessions_of(request), settings_of(request)
 
@@ -32,7 +33,7 @@ def store_batch(request: Request, project_id: int, events: list[Any]) -> IngestR
     )
     def attempt() -> IngestResult:
         with sessions() as session:
-            result = service.ingest(session, project_id, events, settings)
+            result = service.ingest(session, key.project_id, events, settings, key.excluded_paths)
             session.commit()
             return result
 
@@ -67,4 +68,4 @@ async def post_events(request: Request, key: IngestKey) -> IngestResult:
     reported in `errors` by index. A batch in which every event is invalid is a 422 and stores nothing."""
     settings = settings_of(request)
     events = check_batch(await read_json(request, settings.max_request_bytes), settings.max_events_per_batch)
-    return answer(await run_in_threadpool(store_batch, request, key.project_id, events))
+    return answer(await run_in_threadpool(store_batch, request, key, events))

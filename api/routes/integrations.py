@@ -21,4 +21,4 @@ async def post_continue(request: Request, key: IngestKey) -> IngestResult:
     events = map_continue_event(body)
     if not events:
         return IngestResult(received=0, stored=0, duplicates=0, errors=[], secrets_redacted={})
-    return answer(await run_in_threadpool(store_batch, request, key.project_id, events))
+    return answer(await run_in_threadpool(store_batch, request, key, events))
