@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import ARRAY, String, func, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
@@ -79,6 +79,18 @@ def _lock_generations(session: Session, project_id: int, generation_ids: list[st
     )
 
 
+def _current_rows(session: Session, project_id: int, generation_ids: list[str]) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        # A join on the ids leaves the unique (project_id, generation_id) index as the only one that fits: with
+        # stale statistics (a new database, a new project) an IN list let the planner pick the updated_at index
+        # and filter every row of the project.
+        ids = func.unnest(literal(generation_ids, ARRAY(String))).table_valued("gid").render_derived(name="ids")
+        query = select(_GEN).join(ids, _GEN.c.generation_id == ids.c.gid).where(_GEN.c.project_id == project_id)
+    else:
+        query = select(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id.in_(generation_ids))
+    return session.execute(query).mappings()
+
+
 def ingest(
     session: Session,
     project_id: int,
@@ -114,12 +126,7 @@ def ingest(
 
     generation_ids = sorted({e.generation_id for e in events.values()})
     _lock_generations(session, project_id, generation_ids)
-    rows = {
-        r["generation_id"]: dict(r)
-        for r in session.execute(
-            select(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id.in_(generation_ids))
-        ).mappings()
-    }
+    rows = {r["generation_id"]: dict(r) for r in _current_rows(session, project_id, generation_ids)}
     excluded = {g for g, r in rows.items() if r["excluded"]}
     newly_excluded = {
         e.generation_id
