@@ -8,8 +8,9 @@ COPY rewards rewards
 COPY trainers trainers
 COPY serving serving
 COPY migrations migrations
-# The collector needs no ML stack; worker images add `.[train]` (torch first, pinned).
-RUN pip install --no-cache-dir .
+# The collector needs no ML stack; the GPU worker image is built with EXTRAS="[train]".
+ARG EXTRAS=""
+RUN if [ -n "$EXTRAS" ]; then pip install --no-cache-dir torch==2.13.0; fi && pip install --no-cache-dir ".$EXTRAS"
 ENV EDITLOOP_DATA_DIR=/data
 EXPOSE 8000
 CMD ["editloop", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

@@ -15,6 +15,16 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy or libpq URL; unset means the embedded SQLite file in data_dir."
     )
 
+    broker_url: str | None = Field(
+        None, description="Celery broker, e.g. redis://host:6379/0; unset means a SQLite file in data_dir."
+    )
+    refresh_interval_s: float = Field(
+        300, gt=0, description="How often beat builds training rows and checks the retraining triggers."
+    )
+    task_time_limit_s: int = Field(
+        6 * 3600, gt=0, description="Longest task (training); the Redis visibility timeout is set above it."
+    )
+
     # Ingest limits: refused with a 4xx naming the limit.
     max_request_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted.")
     max_events_per_batch: int = Field(1000, gt=0, description="Most events in one POST /v1/events.")
@@ -25,6 +35,25 @@ class Settings(BaseSettings):
 
     auth_cache_ttl_s: float = Field(30.0, ge=0, description="How long a verified API key is cached in-process.")
     db_pool_size: int = Field(10, gt=0, description="Connections per process (Postgres).")
+
+    # Group commit (api/group_commit.py): concurrent ingest requests share one transaction.
+    group_commit_max_events: int = Field(
+        500, gt=0, description="A shared ingest transaction takes no more requests once it holds this many events."
+    )
+    group_commit_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="How long the first waiting request waits for others to share its transaction; 0: one"
+        " transaction per request.",
+    )
+    group_commit_max_queued: int = Field(
+        1000, gt=0, description="Requests waiting for a shared transaction, per process; more wait to get in line."
+    )
+    group_commit_writers: int = Field(
+        2,
+        gt=0,
+        description="Shared transactions in flight per process: while one waits for the database, the next is built.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
@@ -42,6 +71,12 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def celery_broker_url(self) -> str:
+        if self.broker_url is None:
+            return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+        return self.broker_url
 
     @property
     def is_embedded(self) -> bool:
