@@ -1,0 +1,403 @@
+#!/usr/bin/env python
+"""Training-row benchmark: how fast does `feedback.rows.build_rows` turn generations into training rows?
+
+Creates a throw-away Postgres database, migrates it, bulk-loads N generations with realistic Python code (the
+same rows the ingest service writes: `feedback.join.derive` fills outcome, final text and edit distance), runs
+ANALYZE, then times in this one process: a full build, a second build with no new feedback (it re-reads only the
+overlap), and an incremental build after `--touch` generations got a new edit. Prints a table and the phases
+each build spent its time in, and writes everything to benchmarks/results/pairs-<UTC timestamp>.json.
+
+Run:  .venv/bin/python benchmarks/pairs.py            (about a minute for 100,000 generations; see --help)
+"""
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import signal
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import select  # noqa: E402
+
+from core.db import get_engine, session_scope  # noqa: E402
+from core.migrate import upgrade  # noqa: E402
+from core.projects import create_project  # noqa: E402
+from feedback.bulk import BulkWriter  # noqa: E402
+from feedback.join import derive, empty_row, prompt_hash  # noqa: E402
+from feedback.models import Generation  # noqa: E402
+from feedback.rows import build_rows  # noqa: E402
+
+TARGET = 10_000  # generations/s
+NAMES = [
+    "items", "values", "records", "rows", "data", "result", "total", "count", "index", "key", "value", "buffer",
+    "config", "options", "path", "name", "user", "request", "response", "payload", "offset", "limit", "batch",
+]  # fmt: skip
+VERBS = ["load", "parse", "compute", "merge", "filter", "normalize", "validate", "render", "fetch", "update"]
+STATEMENTS = [
+    "{a} = {b}.get('{k}', {n})",
+    "for {i} in range(len({a})):\n        {b}.append({a}[{i}] * {n})",
+    "if {a} is None:\n        raise ValueError('{k} is missing')",
+    "{a} = [{x} for {x} in {b} if {x} > {n}]",
+    "with open({a}) as fh:\n        {b} = fh.read()",
+    "logger.info('{k}: %s', {a})",
+    "try:\n        {a} = int({b})\n    except (TypeError, ValueError):\n        {a} = {n}",
+    "# {k} is checked by the caller",
+    "{a} = sorted({b}, key=lambda {x}: {x}.{k}, reverse=True)",
+    "{a}.update({{'{k}': {b}, 'size': len({b})}})",
+    "while {a} and len({b}) < {n}:\n        {b}.append({a}.pop())",
+    "{a} = {{{x}: {b}[{x}] for {x} in {b} if not {x}.startswith('_')}}",
+]  # fmt: skip
+_G = Generation.__table__
+_COLUMNS = [c.name for c in _G.columns if c.name != "id"]
+_WRITE = BulkWriter(
+    _G, _COLUMNS, conflict=["project_id", "generation_id"], update=[c for c in _COLUMNS if c != "project_id"]
+)
+
+
+class Workload:
+    """Seeded generator of generation rows: code, outcomes and edits in the proportions of --help."""
+
+    def __init__(self, seed: int, project_id: int, t0: datetime, spread_s: float, n: int) -> None:
+        self.rng, self.project_id, self.t0, self.spread_s, self.n = random.Random(seed), project_id, t0, spread_s, n
+        self.popular = [self.prompt() for _ in range(max(1, n // 40))]  # shared prompts: choice pairs
+        self.kinds: dict[str, int] = {}
+
+    def words(self) -> dict[str, Any]:
+        r = self.rng
+        a, b = r.sample(NAMES, 2)
+        return {"a": a, "b": b, "k": r.choice(NAMES), "n": r.randint(0, 99), "i": "i", "x": r.choice("xyz")}
+
+    def body(self, chars: int) -> str:
+        lines: list[str] = []
+        while sum(map(len, lines)) < chars:
+            lines.append("    " + self.rng.choice(STATEMENTS).format(**self.words()) + "\n")
+        lines.append(f"    return {self.words()['a']}\n")
+        return "".join(lines)
+
+    def prompt(self) -> str:
+        r = self.rng
+        name = f"{r.choice(VERBS)}_{r.choice(NAMES)}"
+        args = ", ".join(r.sample(NAMES, r.randint(1, 4)))
+        head = "import logging\nimport os\n\nlogger = logging.getLogger(__name__)\n\n\n"
+        helper = f"def _{r.choice(VERBS)}({r.choice(NAMES)}):\n" + self.body(r.randint(100, 500)) + "\n\n"
+        return head + helper + f'def {name}({args}):\n    """{name.replace("_", " ").capitalize()}."""\n'
+
+    def edit(self, code: str) -> tuple[str, str]:
+        """A realistic edit of the completion, and its kind. Most keep the code valid: lines are added, replaced
+        or dropped only where a statement may stand."""
+        r = self.rng
+        roll = r.random()
+        lines = code.splitlines(keepends=True)
+        if roll < 0.08:  # whitespace only: trivial
+            i = r.randrange(len(lines))
+            lines[i] = lines[i].rstrip("\n") + "  \n" if r.random() < 0.5 else lines[i] + "\n"
+            return "".join(lines), "trivial"
+        if roll < 0.11:  # the user wrote something else
+            w = self.words()
+            return f"    return [{w['x']} for {w['x']} in {w['a']} if {w['x']}.{w['k']}]\n", "rewrite"
+        if roll < 0.13:  # captured while broken: a guard without its colon
+            w = self.words()
+            lines.insert(len(lines) - 1, f"    if not {w['a']} and {w['b']}\n        return {w['b']}\n")
+            return "".join(lines), "broken"
+        if roll < 0.135:
+            return code + "    token = '<secret:openai_api_key>'\n", "secret"
+        for step in range(r.randint(2, 3)):
+            spots = [i for i in range(1, len(lines)) if _statement_start(lines, i)]
+            op = r.randrange(1, 3) if step == 0 else r.randrange(4)  # at least one line added or replaced
+            if op == 0:  # rename a variable
+                old = r.choice([n for n in NAMES if n in code] or NAMES)
+                lines = [line.replace(old, r.choice(NAMES)) for line in lines]
+            elif op == 1 and spots:  # add a guard
+                w = self.words()
+                lines.insert(r.choice(spots), f"    if not {w['a']}:\n        return {w['b']}\n")
+            elif op == 2 and len(spots) > 1:  # replace a statement that is one line
+                single = [i for i in spots if _statement_start(lines, i + 1) and i + 1 < len(lines)]
+                if single:
+                    lines[r.choice(single)] = "    " + r.choice(STATEMENTS[:1] + STATEMENTS[3:4]).format(**self.words())
+            else:  # change a constant
+                i = r.randrange(len(lines))
+                lines[i] = lines[i].replace("0", str(r.randint(1, 9)), 1)
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines), "edit"
+
+    def row(self, index: int, gid: str, updated_at: datetime) -> dict[str, Any]:
+        r = self.rng
+        row = empty_row(self.project_id, gid, updated_at)
+        prompt = r.choice(self.popular) if r.random() < 0.2 else self.prompt()
+        completion = self.body(r.randint(300, 1500))
+        shown = self.t0 + timedelta(seconds=self.spread_s * index / self.n)
+        row.update(
+            prompt=prompt,
+            prompt_hash=prompt_hash(prompt, None),
+            completion=completion,
+            model="base",
+            language="python",
+            file_path=f"src/pkg/{r.choice(NAMES)}.py",
+            user=f"user-{r.randrange(200)}",
+            shown_at=shown,
+            shown_event_id=f"{gid}:gen",
+            event_count=1,
+        )
+        roll = r.random()
+        if roll < 0.60:
+            row["final_text"], kind = self.edit(completion)
+            row["edited_at"], row["edited_event_id"] = shown + timedelta(seconds=20), f"{gid}:edited:{index}"
+        elif roll < 0.90:
+            kind = "accepted" if roll < 0.75 else "rejected"
+            row["decision"], row["decided_at"], row["decision_event_id"] = (
+                kind,
+                shown + timedelta(seconds=2),
+                f"{gid}:d",
+            )
+        else:
+            kind = "shown"
+        if r.random() < 0.10:
+            good = r.random() < (0.7 if kind in ("accepted", "edit", "trivial") else 0.3)
+            row["rating_score"], row["rated_at"] = (1.0 if good else -1.0), shown + timedelta(seconds=30)
+            row["rating_event_id"] = f"{gid}:rating"
+        if r.random() < 0.005:
+            row["excluded"], kind = True, "excluded"
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        derive(row)
+        row["created_at"], row["updated_at"] = shown, updated_at
+        row["event_count"] += sum(row[k] is not None for k in ("decision", "edited_event_id", "rating_event_id"))
+        return row
+
+
+def _statement_start(lines: list[str], i: int) -> bool:
+    """Whether a top-level statement of the function body may start at line i (so one may be put before it)."""
+    if i >= len(lines):
+        return True
+    line, before = lines[i], lines[i - 1].rstrip()
+    head = line[4:5]
+    return (
+        line.startswith("    ")
+        and head not in (" ", "")
+        and not before.endswith(":")
+        and not line[4:].startswith(("except", "else", "elif", "finally"))
+    )
+
+
+def load(url: str, work: Workload, n: int, t0: datetime, spread_s: float) -> None:
+    batch: list[dict[str, Any]] = []
+    for i in range(n):
+        updated = t0 + timedelta(seconds=spread_s * i / n + 60)  # feedback arrived over the spread
+        batch.append(work.row(i, f"gen-{i:08d}", updated))
+        if len(batch) == 2000 or i == n - 1:
+            with session_scope(url) as session:
+                _WRITE.write(session, batch)
+            batch = []
+
+
+def touch(url: str, work: Workload, project_id: int, n: int, total: int, now: datetime) -> None:
+    """A new, later edit of `n` existing generations, as ingest would fold it in."""
+    gids = [f"gen-{i:08d}" for i in sorted(work.rng.sample(range(total), n))]
+    with session_scope(url) as session:
+        query = select(_G).where(_G.c.project_id == project_id, _G.c.generation_id.in_(gids))
+        rows = [dict(r) for r in session.execute(query).mappings()]
+        for row in rows:
+            del row["id"]
+            if row["completion"] is None:
+                continue
+            row["final_text"], _ = work.edit(row["completion"])
+            row["edited_at"], row["edited_event_id"] = now, f"{row['generation_id']}:edited:again"
+            row["event_count"] += 1
+            derive(row)
+            row["updated_at"] = now
+        _WRITE.write(session, rows)
+
+
+def timed_build(url: str, project_id: int, batch_size: int, profile: bool) -> dict[str, Any]:
+    profiler = cProfile.Profile() if profile else None
+    with session_scope(url) as session:
+        clock = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        build = build_rows(session, project_id, batch_size=batch_size)
+        if profiler:
+            profiler.disable()
+        call_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+    commit_s = time.perf_counter() - clock
+    produced = sum(build.report["rows"].values())
+    total_s = call_s + commit_s
+    result = {
+        "generations_read": build.generations_read,
+        "generations_derived": build.report["generations_derived"],
+        "rows_produced": produced,
+        "rows_added": build.rows_added,
+        "rows_changed": build.rows_changed,
+        "rows_removed": build.rows_removed,
+        "build_s": round(call_s, 3),
+        "commit_s": round(commit_s, 3),
+        "generations_per_s": round(build.generations_read / total_s) if total_s else None,
+        "rows_per_s": round(produced / total_s) if total_s else None,
+        "phases_s": build.report["seconds"],
+        "report": build.report,
+    }
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+        result["profile"] = out.getvalue()
+    return result
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    head = ["build", "gens read", "derived", "rows", "added", "changed", "removed", "seconds", "gens/s", "rows/s"]
+    head += ["read", "derive", "syntax", "compare", "write", "commit"]
+    lines = [head]
+    for name, r in results.items():
+        ph = r["phases_s"]
+        lines.append(
+            [name, f"{r['generations_read']:,}", f"{r['generations_derived']:,}", f"{r['rows_produced']:,}"]
+            + [f"{r['rows_added']:,}", f"{r['rows_changed']:,}", f"{r['rows_removed']:,}"]
+            + [f"{r['build_s'] + r['commit_s']:.2f}", f"{r['generations_per_s'] or 0:,}", f"{r['rows_per_s'] or 0:,}"]
+            + [f"{ph.get(k, 0):.2f}" for k in ("read", "derive", "syntax", "compare", "write")]
+            + [f"{r['commit_s']:.2f}"]
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in lines
+    )
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=(
+            "Time feedback.rows.build_rows on a fresh Postgres database loaded with N generations: ~60% edited "
+            "(~8% of edits whitespace-only, ~3% rewrites, ~2% broken syntax, some secrets), 15% accepted, "
+            "15% rejected, 10% shown only; ~10% rated; 20% share a popular prompt (choice pairs); Python code "
+            "of 300-1500 characters. Target: >= 10,000 generations/s."
+        )
+    )
+    p.add_argument(
+        "--pg",
+        default=os.environ.get("EDITLOOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="libpq URL of a database where this user may CREATE DATABASE (default: $EDITLOOP_BENCH_PG or local)",
+    )
+    p.add_argument("-n", "--generations", type=int, default=100_000, help="generations to load (default 100000)")
+    p.add_argument("--batch-size", type=int, default=5000, help="build_rows batch size (default 5000)")
+    p.add_argument("--touch", type=int, default=1000, help="generations edited again before the incremental build")
+    p.add_argument("--spread-s", type=float, default=3600.0, help="seconds over which the feedback arrived")
+    p.add_argument("--seed", type=int, default=7, help="workload seed")
+    p.add_argument(
+        "--no-syntax-check",
+        action="store_true",
+        help="set the project's check_python_syntax to false (to see what the Python parser costs)",
+    )
+    p.add_argument("--profile", action="store_true", help="cProfile the full build (its figures are then lower)")
+    p.add_argument("--keep-db", action="store_true", help="do not drop the database at the end (prints its URL)")
+    p.add_argument("--results-dir", type=Path, default=HERE / "results", help="where the JSON results go")
+    args = p.parse_args(argv)
+
+    import psycopg
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    dbname = f"editloop_bench_pairs_{uuid.uuid4().hex[:10]}"
+    base = args.pg.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    url = f"{base}/{dbname}"
+    started = datetime.now(UTC)
+    created = False
+    try:
+        with psycopg.connect(args.pg, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+            created = True
+            pg_info = {
+                k: conn.execute(f"SHOW {k}").fetchone()[0]  # type: ignore[index]
+                for k in ("server_version", "synchronous_commit", "fsync", "shared_buffers", "work_mem")
+            }
+        upgrade(url)
+        with session_scope(url) as session:
+            project = create_project(session, "bench")
+            if args.no_syntax_check:
+                project.settings = {"dataset": {"check_python_syntax": False}}
+            session.flush()
+            project_id = project.id
+
+        clock = time.perf_counter()
+        t0 = started - timedelta(seconds=args.spread_s + 120)
+        work = Workload(args.seed, project_id, t0, args.spread_s, args.generations)
+        load(url, work, args.generations, t0, args.spread_s)
+        with get_engine(url).connect() as conn:
+            conn.exec_driver_sql("ANALYZE generations")  # as autovacuum would have, on a live database
+            conn.commit()
+        load_s = time.perf_counter() - clock
+        print(f"loaded {args.generations:,} generations in {load_s:.1f}s: {work.kinds}", flush=True)
+
+        load_before = os.getloadavg()
+        results = {"full": timed_build(url, project_id, args.batch_size, args.profile)}
+        with get_engine(url).connect() as conn:
+            conn.exec_driver_sql("ANALYZE training_rows")
+            conn.commit()
+        results["no-op"] = timed_build(url, project_id, args.batch_size, False)
+        if args.touch:
+            touch(url, work, project_id, min(args.touch, args.generations), args.generations, datetime.now(UTC))
+            results[f"touched {args.touch:,}"] = timed_build(url, project_id, args.batch_size, False)
+        load_after = os.getloadavg()
+
+        printed = table(results)
+        print()
+        print(printed)
+        full = results["full"]
+        verdict = "met" if (full["generations_per_s"] or 0) >= TARGET else "NOT met"
+        print(f"\nfull build: {full['generations_per_s']:,} generations/s (target {TARGET:,}: {verdict})")
+        print(f"rows by kind: {full['report']['rows']}")
+        print(f"gates: {full['report']['gates']}")
+        print(f"load average before/after the builds: {load_before[0]:.2f} / {load_after[0]:.2f}")
+        if "profile" in full:
+            print("\ncProfile of the full build (by own time):\n" + full["profile"])
+
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        out = args.results_dir / f"pairs-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+        record = {
+            "started_at": started.isoformat(),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "pg"},
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "load_avg_before": load_before,
+                "load_avg_after": load_after,
+            },
+            "postgres": pg_info,
+            "load_s": round(load_s, 1),
+            "workload": work.kinds,
+            "target_generations_per_s": TARGET,
+            "builds": results,
+            "table": printed,
+        }
+        out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        print(f"results: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted: cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        get_engine(url).dispose()
+        if created and not args.keep_db:
+            with psycopg.connect(args.pg, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        elif created:
+            print(f"database kept: {url}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

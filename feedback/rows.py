@@ -1,0 +1,879 @@
+"""Training rows from the generation join, in TRL's formats: edit pairs, choice pairs, KTO rows and SFT rows.
+
+`build_rows` is incremental. It reads the generations changed since the project's last finished build (from
+OVERLAP before its watermark: an ingest transaction that stamped its rows earlier may commit after that build
+read), re-derives the whole prompt group of each (choice pairs and near-duplicates depend on the other generations
+of a prompt), and writes rows keyed by (kind, source_key) with a content hash: a row that comes out the same is not
+written, and a row that a re-derived generation no longer yields is set inactive. Rebuilding is idempotent, so
+re-reading the overlap costs time, never correctness. When the gates change (the project's DatasetConfig, or
+DERIVATION_VERSION), the next build re-derives everything. It works a page of generations at a time, with a few
+queries and one write per page.
+
+What a generation yields (from its join row and its prompt group alone, so never from the order of events):
+- `edit_pair` `edit:{gid}`: prompt, chosen = the user's final text, rejected = the model's completion (edited).
+- `sft` `sft:{gid}`: prompt -> the user's final text, for edits only. Accepted completions are the model's own
+  output: SFT on them is self-distillation, which reinforces the model's habits and would outnumber the edits;
+  their signal goes into KTO (label true) and choice pairs instead.
+- `kto` `kto:final:{gid}`: the user's final text, label true (edited).
+- `kto` `kto:completion:{gid}`: the model's completion, one row per generation (one row per text), labelled by the
+  strongest signal: an explicit rating (score > 0 true, < 0 false; 0 says nothing) over the edit (false; true for
+  a trivial edit) over the decision (accepted true, rejected false). A rating is the user's own verdict on this very
+  text; an edit or a decision is inferred from what they did next.
+- `choice_pair` `choice:{accepted}>{rejected}`: within a prompt group, an accepted completion (labelled true) over a
+  rejected one (labelled false): each accepted generation with the earliest PAIRS_PER_ACCEPTED rejected ones, so a
+  group yields pairs linear in its size. The row's user is the accepted generation's.
+- Trivial edits (whitespace only, or distance < min_edit_distance) are accepts in all but name: no edit pair, sft
+  or final kto row, and the completion is labelled true. Total rewrites (distance > max_edit_distance) make no edit
+  pair; the sft and final kto rows stay, and the completion is labelled false.
+Rows keep their generation ids and the ids of the events behind them: the `generation` event, then the edit (edit
+pairs, sft, final kto), the event that decided the label (completion kto), or each side's decision and rating
+(choice pairs). `occurred_at` is the latest of those events.
+
+Gates, counted in `DatasetBuild.report["gates"]` over the generations this build derived (a generation re-derived
+within a build, because its group changed again, counts again). Generation gates count generations, row gates rows.
+- excluded; no_prompt (feedback, but no `generation` event yet); secret_in_change (the `<secret:KIND>` placeholders
+  of the final text and of the completion differ: a secret sits in the changed region): no rows at all.
+- trivial_edit, total_rewrite: as above; the other rows are still made.
+- broken_syntax (Python: language "python" or a .py/.pyi path; when check_python_syntax): the final text parses in
+  none of the lenient ways while the completion parses in one: no edit pair, sft or final kto row (the completion's
+  kto row stays). Lenient, because completions are fragments: as it is, then as the body of a block (what dedenting
+  gives, cheaper), then after the prefix (a completion that starts mid-line), then between prefix and suffix; each
+  tried only when the ones before failed. The final text is tried first, so a valid edit costs one parse.
+- empty (a completion or final text shorter than min_chars once stripped), too_long (a prompt, completion or final
+  text longer than max_chars): rows.
+- near_duplicate: a row whose texts are each at least near_duplicate_similarity similar (rapidfuzz ratio) to those of
+  a kept row of the same kind (and label) and prompt; the earliest is kept (generations in the order they were
+  shown). A choice pair is one when its accepted or its rejected completion near-duplicates an earlier completion
+  of the same outcome in the group: such a pair repeats a kept one.
+- trivial_pair: a choice pair whose two completions differ only trivially (as a trivial edit would).
+"""
+
+import ast
+import hashlib
+import re
+import time
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Levenshtein
+from sqlalchemy import BigInteger, String, and_, any_, cast, func, literal, or_, select, text, update
+from sqlalchemy.dialects.postgresql import JSON as PG_JSON
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.schema import Table
+
+from core.db import utcnow
+from core.errors import InvalidInput, NotFound
+from core.projects import Project
+from feedback.bulk import BulkWriter
+from feedback.config import DatasetConfig
+from feedback.models import DatasetBuild, Generation, TrainingRow
+
+KINDS = ("edit_pair", "choice_pair", "kto", "sft")
+GATES = (
+    "excluded",
+    "no_prompt",
+    "secret_in_change",
+    "trivial_edit",
+    "total_rewrite",
+    "broken_syntax",
+    "empty",
+    "too_long",
+    "near_duplicate",
+    "trivial_pair",
+)
+OVERLAP = timedelta(seconds=5)
+PAIRS_PER_ACCEPTED = 4
+# Bump when a change here changes the rows that feedback yields: the next build of each project re-derives all.
+DERIVATION_VERSION = 1
+
+_GEN: Table = Generation.__table__  # type: ignore[assignment]
+_ROWS: Table = TrainingRow.__table__  # type: ignore[assignment]
+_READ = [
+    _GEN.c[name]
+    for name in (
+        "id",
+        "generation_id",
+        "outcome",
+        "prompt",
+        "messages",
+        "prompt_hash",
+        "completion",
+        "final_text",
+        "edit_distance",
+        "language",
+        "file_path",
+        "user",
+        "excluded",
+        "shown_at",
+        "shown_event_id",
+        "decided_at",
+        "decision_event_id",
+        "edited_at",
+        "edited_event_id",
+        "rating_score",
+        "rated_at",
+        "rating_event_id",
+        "updated_at",
+    )
+]
+_COLUMNS = [c.name for c in _ROWS.columns if c.name != "id"]
+_WRITE_ROWS = BulkWriter(
+    _ROWS,
+    _COLUMNS,
+    conflict=["project_id", "kind", "source_key"],
+    update=[c for c in _COLUMNS if c not in ("project_id", "kind", "source_key")],
+)
+_COPY_COLUMNS = (
+    "project_id",
+    "kind",
+    "source_key",
+    "prompt",
+    "messages",
+    "prompt_hash",
+    "chosen",
+    "rejected",
+    "completion",
+    "label",
+    "user",
+    "occurred_at",
+    "generation_ids",
+    "event_ids",
+    "content_hash",
+    "active",
+    "built_at",
+)
+assert set(_COPY_COLUMNS) == set(_COLUMNS), "a training_rows column is missing from _csv"
+_QUOTED = ", ".join(f'"{c}"' for c in _COPY_COLUMNS)
+# New keys go in by COPY: half the server time of the upsert, which parses a JSON document and looks for a conflict
+# per row. No one else writes this project's rows meanwhile (the build lock).
+_COPY_SQL = f"COPY training_rows ({_QUOTED}) FROM STDIN WITH (FORMAT csv)"
+_WRITE_CHUNK = 5000
+_ANALYZE_AFTER = 1000  # rows written, see _Build.analyze_rows
+_SECRET = re.compile(r"<secret:[^<>\s]{1,64}>")
+_PYTHON_SUFFIXES = (".py", ".pyi")
+_FEEDBACK = frozenset(("accepted", "rejected", "edited"))
+_GATE_FIELDS = {
+    "min_edit_distance",
+    "max_edit_distance",
+    "min_chars",
+    "max_chars",
+    "near_duplicate_similarity",
+    "check_python_syntax",
+}
+
+Key = tuple[str, str]  # (kind, source_key)
+
+
+def build_rows(
+    session: Session, project_id: int, *, now: datetime | None = None, batch_size: int = 5000
+) -> DatasetBuild:
+    """Bring the project's training rows up to date with its feedback; returns the build, with its report.
+    Never commits; on Postgres it holds the project's build lock until the caller's transaction ends."""
+    if batch_size < 1:
+        raise InvalidInput("batch_size: must be at least 1")
+    started = now or utcnow()
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} does not exist")
+    config = _config(project)
+    pg = session.get_bind().dialect.name == "postgresql"
+    restore = None
+    if pg:
+        # The same key as feedback.tasks' try-lock (advisory locks nest within a session): concurrent builds of
+        # a project would re-derive the same groups and both report the same rows as added.
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('build:' || CAST(:p AS text), 0))"),
+            {"p": project_id},
+        )
+        if not _has_statistics(session, "generations"):
+            session.execute(text("ANALYZE generations"))
+        restore = _lz4(session)
+    build = _Build(session, project_id, config, started, pg)
+
+    last = session.execute(
+        select(DatasetBuild.watermark, DatasetBuild.report)
+        .where(DatasetBuild.project_id == project_id, DatasetBuild.finished_at.is_not(None))
+        .order_by(DatasetBuild.id.desc())
+        .limit(1)
+    ).first()
+    since = None
+    # Rows made under other gates (or by an older derivation) are rebuilt from scratch: all is re-read.
+    if last is not None and last.watermark is not None and (last.report or {}).get("derivation") == build.derivation:
+        since = last.watermark - OVERLAP
+    build.run(since, batch_size)
+    if restore is not None:
+        session.execute(text("SELECT set_config('default_toast_compression', :v, true)"), {"v": restore})
+
+    record = DatasetBuild(
+        project_id=project_id,
+        started_at=started,
+        finished_at=now or utcnow(),
+        watermark=max(filter(None, (build.watermark, last.watermark if last is not None else None)), default=None),
+        generations_read=build.read,
+        rows_added=sum(build.added.values()),
+        rows_changed=sum(build.changed.values()),
+        rows_removed=sum(build.removed.values()),
+        report=build.report(),
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def _config(project: Project) -> DatasetConfig:
+    try:
+        return DatasetConfig.model_validate((project.settings or {}).get("dataset", {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InvalidInput(f"settings.dataset.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+
+
+def _has_statistics(session: Session, table: str) -> bool:
+    """Whether the planner knows the table: it holds rows (never analyzed is -1, analyzed while empty is 0) and
+    has column statistics (ANALYZE sets reltuples in place, so a rolled-back one leaves reltuples but no stats)."""
+    query = text(
+        "SELECT c.reltuples > 0 AND EXISTS (SELECT 1 FROM pg_stats s WHERE s.schemaname = n.nspname"
+        " AND s.tablename = c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = to_regclass(:t)"
+    )
+    return bool(session.scalar(query, {"t": table}))
+
+
+def _lz4(session: Session) -> str | None:
+    """Compress this transaction's TOASTed text with lz4, as the generations' code columns are: rows hold a few KB
+    of code, and pglz costs several times the CPU. Returns the setting to restore; None where lz4 is missing."""
+    current, available = session.execute(
+        text(
+            "SELECT current_setting('default_toast_compression'), 'lz4' = ANY(enumvals) FROM pg_settings"
+            " WHERE name = 'default_toast_compression'"
+        )
+    ).one()
+    if not available:
+        return None
+    session.execute(text("SELECT set_config('default_toast_compression', 'lz4', true)"))
+    return str(current)
+
+
+def _one_of(session: Session, column: Any, values: Iterable[Any], numeric: bool = False) -> Any:
+    """`column` is one of the values, sent as one JSON parameter: the SQL text stays the same whatever their
+    count, and no array of text is escaped in Python. On Postgres `= ANY(ARRAY(...))` lets the planner probe an
+    index once per value; an `IN (SELECT ...)` join was planned as a scan of the project's rows per value."""
+    doc = literal(orjson.dumps(list(values)).decode(), String())
+    if session.get_bind().dialect.name == "postgresql":
+        value = func.json_array_elements_text(cast(doc, PG_JSON())).table_valued("value").c.value
+        return column == any_(func.array(select(cast(value, BigInteger()) if numeric else value).scalar_subquery()))
+    return column.in_(select(func.json_each(doc).table_valued("value").c.value))
+
+
+@dataclass(slots=True)
+class _Old:
+    """What the table holds for a key."""
+
+    content_hash: str
+    active: bool
+    prompt_hash: str
+    members: tuple[str, ...] = ()  # choice pairs: the two generation ids
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one generation may yield, once its generation gates passed."""
+
+    g: Row[Any]
+    order: tuple[datetime, str]
+    label: bool | None  # the completion's kto label, from the strongest signal
+    signal: tuple[str, datetime] | None  # the event behind that label
+    edit: str | None  # "pair" | "rewrite" | "trivial" for edits
+    prompt_gate: str | None
+    completion_gate: str | None
+    final_gate: str | None
+    broken: bool = False
+
+
+@dataclass
+class _Page:
+    gens: dict[int, Row[Any]]  # the changed generations and the rest of their prompt groups
+    produced: dict[Key, dict[str, Any]] = field(default_factory=dict)
+
+
+class _Build:
+    """One build: its counters, and the state that spans pages."""
+
+    def __init__(self, session: Session, project_id: int, config: DatasetConfig, built_at: datetime, pg: bool):
+        self.session, self.project_id, self.config, self.built_at, self.pg = session, project_id, config, built_at, pg
+        self.derivation = {"version": DERIVATION_VERSION, **config.model_dump(mode="json", include=_GATE_FIELDS)}
+        self.cutoff = config.near_duplicate_similarity * 100
+        self.gates: Counter[str] = Counter()
+        self.rows: Counter[str] = Counter()
+        self.added: Counter[str] = Counter()
+        self.changed: Counter[str] = Counter()
+        self.removed: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.read = self.derived = self.written = 0
+        self.watermark: datetime | None = None
+        # Group members loaded besides their page, at the state they were derived in: a later page that holds one
+        # unchanged needs no second derivation of its group. Page rows need no entry: keyset paging reads a row
+        # again only with a new updated_at.
+        self.seen: dict[int, datetime] = {}
+        # generation id -> keys of its active choice pairs (see _choice_index), and what those keys hold.
+        self.by_member: dict[str, set[str]] | None = None
+        self.choices: dict[str, _Old] = {}
+        # Without statistics (a table analyzed while empty, or never), Postgres plans a lookup of thousands of keys
+        # as a scan of the project's rows per key: minutes instead of milliseconds. ANALYZE counts this
+        # transaction's own rows, so one run once some rows are written fixes the plans for the rest of the build.
+        self.analyze_rows = pg and not _has_statistics(session, "training_rows")
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "gates": {g: self.gates[g] for g in GATES},
+            "rows": {k: self.rows[k] for k in KINDS},  # derived, after the gates (unchanged ones included)
+            "added": {k: self.added[k] for k in KINDS},
+            "changed": {k: self.changed[k] for k in KINDS},
+            "removed": {k: self.removed[k] for k in KINDS},
+            "generations_derived": self.derived,
+            "derivation": self.derivation,
+            "overlap_s": OVERLAP.total_seconds(),
+            "seconds": {k: round(v, 3) for k, v in sorted(self.seconds.items())},
+        }
+
+    def run(self, since: datetime | None, batch_size: int) -> None:
+        """Page by page: read the changed generations and their groups, derive their rows, write the difference.
+        (Writing from a thread while the next page is derived was slower here: the thread's many small sends
+        contend with the derivation for the GIL.)"""
+        cursor = None
+        while True:
+            rows = self._timed("read", self._changed_page, since, cursor, batch_size)
+            if not rows:
+                return
+            cursor = (rows[-1].updated_at, rows[-1].id)
+            page = self._timed("read", self._load, rows)
+            if page is not None:
+                self._derive(page)
+                self._write(page)
+            if len(rows) < batch_size:
+                return
+
+    def _timed(self, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
+        clock = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[phase] += time.perf_counter() - clock
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def _changed_page(self, since: datetime | None, cursor: tuple[datetime, int] | None, limit: int) -> list[Row[Any]]:
+        query = select(*_READ).where(_GEN.c.project_id == self.project_id)
+        if since is not None:
+            query = query.where(_GEN.c.updated_at >= since)
+        if cursor is not None:
+            at, pk = cursor
+            query = query.where(
+                _GEN.c.updated_at >= at, or_(_GEN.c.updated_at > at, and_(_GEN.c.updated_at == at, _GEN.c.id > pk))
+            )
+        rows = list(self.session.execute(query.order_by(_GEN.c.updated_at, _GEN.c.id).limit(limit)).all())
+        self.read += len(rows)
+        if rows:
+            self.watermark = max(self.watermark or rows[-1].updated_at, rows[-1].updated_at)
+        return rows
+
+    def _load(self, rows: list[Row[Any]]) -> _Page | None:
+        gens = {g.id: g for g in rows if self.seen.get(g.id) != g.updated_at}
+        if not gens:
+            return None
+        self._add_groups(gens, {g.prompt_hash for g in gens.values() if g.prompt_hash})
+        return _Page(gens)
+
+    def _add_groups(self, gens: dict[int, Row[Any]], hashes: set[str]) -> list[Row[Any]]:
+        """Load the members of these prompt groups that are not loaded yet: ids first, so no text is read twice."""
+        if not hashes:
+            return []
+        ids = self.session.scalars(
+            select(_GEN.c.id).where(
+                _GEN.c.project_id == self.project_id, _one_of(self.session, _GEN.c.prompt_hash, sorted(hashes))
+            )
+        ).all()
+        missing = sorted(set(ids) - gens.keys())
+        if not missing:
+            return []
+        added = self.session.execute(select(*_READ).where(_one_of(self.session, _GEN.c.id, missing, True))).all()
+        for g in added:
+            gens[g.id] = g
+            self.seen[g.id] = g.updated_at
+        return list(added)
+
+    def _existing(self, gids: list[str]) -> dict[Key, _Old]:
+        """What earlier derivations of these generations wrote: through the unique index for the kinds of one
+        generation, from the index of active choice pairs for the pairs."""
+        found: dict[Key, _Old] = {}
+        keys = {
+            "edit_pair": [f"edit:{g}" for g in gids],
+            "sft": [f"sft:{g}" for g in gids],
+            "kto": [f"kto:completion:{g}" for g in gids] + [f"kto:final:{g}" for g in gids],
+        }
+        for kind, wanted in keys.items():
+            query = select(_ROWS.c.source_key, _ROWS.c.content_hash, _ROWS.c.active, _ROWS.c.prompt_hash).where(
+                _ROWS.c.project_id == self.project_id,
+                _ROWS.c.kind == kind,
+                _one_of(self.session, _ROWS.c.source_key, wanted),
+            )
+            for key, content_hash, active, prompt_hash in self.session.execute(query).all():
+                found[(kind, key)] = _Old(content_hash, bool(active), prompt_hash)
+        by_member = self._choice_index()
+        for gid in gids:
+            for key in by_member.get(gid, ()):
+                found[("choice_pair", key)] = self.choices[key]
+        return found
+
+    def _choice_index(self) -> dict[str, set[str]]:
+        """Generation id -> keys of its active choice pairs: loaded once per build, then kept by `_settle`. No index
+        finds a pair by its members, so one scan of the project's pairs beats one per page."""
+        if self.by_member is None:
+            self.by_member = defaultdict(set)
+            query = select(_ROWS.c.source_key, _ROWS.c.content_hash, _ROWS.c.prompt_hash, _ROWS.c.generation_ids)
+            query = query.where(
+                _ROWS.c.project_id == self.project_id, _ROWS.c.kind == "choice_pair", _ROWS.c.active.is_(True)
+            )
+            for key, content_hash, prompt_hash, gids in self.session.execute(query).all():
+                self.choices[key] = _Old(content_hash, True, prompt_hash, tuple(gids))
+                for gid in gids:
+                    self.by_member[gid].add(key)
+        return self.by_member
+
+    # -- deriving ----------------------------------------------------------------------------------------------
+
+    def _derive(self, page: _Page, gens: Iterable[Row[Any]] | None = None) -> None:
+        """Add the rows of these generations (all of the page's by default; whole groups) to `page.produced`."""
+        clock = time.perf_counter()
+        gens = list(page.gens.values() if gens is None else gens)
+        self.derived += len(gens)
+        plans = [p for g in gens if (p := self._plan(g)) is not None]
+        syntax = time.perf_counter()
+        self._check_syntax([p for p in plans if p.edit in ("pair", "rewrite") and p.final_gate is None])
+        syntax = time.perf_counter() - syntax
+        groups: dict[str, list[_Plan]] = defaultdict(list)
+        for p in plans:
+            groups[p.g.prompt_hash].append(p)
+        for group in groups.values():
+            group.sort(key=lambda p: p.order)
+            for row in self._group_rows(group):
+                page.produced[(row["kind"], row["source_key"])] = row
+        self.seconds["syntax"] += syntax
+        self.seconds["derive"] += time.perf_counter() - clock - syntax
+
+    def _text_gate(self, value: str) -> str | None:
+        if len(value) > self.config.max_chars:
+            return "too_long"
+        if len(value) < self.config.min_chars or len(value.strip()) < self.config.min_chars:
+            return "empty"
+        return None
+
+    def _plan(self, g: Row[Any]) -> _Plan | None:
+        """The generation gates, cheapest first, and what the generation may yield."""
+        score = g.rating_score
+        if g.outcome not in _FEEDBACK and not score:
+            return None  # shown, or rated 0: no verdict, nothing to learn and nothing to count
+        config, gates = self.config, self.gates
+        if g.excluded:
+            gates["excluded"] += 1
+            return None
+        completion, final = g.completion, g.final_text
+        if g.prompt_hash is None or completion is None or g.shown_event_id is None:
+            gates["no_prompt"] += 1
+            return None
+        if (
+            final is not None
+            and ("<secret:" in final or "<secret:" in completion)
+            and Counter(_SECRET.findall(final)) != Counter(_SECRET.findall(completion))
+        ):
+            gates["secret_in_change"] += 1
+            return None
+        edit = None
+        if g.outcome == "edited" and final is not None:
+            distance = g.edit_distance
+            if distance is None:
+                distance = Levenshtein.normalized_distance(completion, final)
+            if distance < config.min_edit_distance or _whitespace_only(completion, final):
+                edit = "trivial"
+                gates["trivial_edit"] += 1
+            elif distance > config.max_edit_distance:
+                edit = "rewrite"
+                gates["total_rewrite"] += 1
+            else:
+                edit = "pair"
+        label: bool | None
+        if score:
+            label, signal = score > 0, (g.rating_event_id, g.rated_at)
+        elif edit is not None:
+            label, signal = edit == "trivial", (g.edited_event_id, g.edited_at)
+        elif g.outcome in ("accepted", "rejected"):
+            label, signal = g.outcome == "accepted", (g.decision_event_id, g.decided_at)
+        else:
+            label, signal = None, None
+        if g.prompt is not None:
+            prompt_chars = len(g.prompt)
+        else:
+            prompt_chars = sum(len(str(m.get("content") or "")) for m in g.messages or ())
+        return _Plan(
+            g=g,
+            order=(g.shown_at, g.generation_id),
+            label=label,
+            signal=signal,
+            edit=edit,
+            prompt_gate="too_long" if prompt_chars > config.max_chars else None,
+            completion_gate=self._text_gate(completion),
+            final_gate=self._text_gate(final) if edit in ("pair", "rewrite") else None,
+        )
+
+    def _check_syntax(self, plans: list[_Plan]) -> None:
+        """Flag Python edits whose final text broke syntax that the completion had right. The prefix and suffix are
+        read only for the few final texts that do not parse on their own."""
+        if not self.config.check_python_syntax:
+            return
+        undecided: list[tuple[_Plan, bool]] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarnings of user code (invalid escapes, ...) are not ours
+            for p in plans:
+                if _is_python(p.g) and not _parses(p.g.final_text):
+                    undecided.append((p, _parses(p.g.completion)))
+            if not undecided:
+                return
+            query = select(_GEN.c.id, _GEN.c.prefix, _GEN.c.suffix).where(
+                _one_of(self.session, _GEN.c.id, [p.g.id for p, _ in undecided], numeric=True)
+            )
+            context = {pk: (prefix, suffix) for pk, prefix, suffix in self.session.execute(query).all()}
+            for p, completion_parses in undecided:
+                prefix, suffix = context.get(p.g.id, (None, None))
+                if _parses_within(p.g.final_text, prefix, suffix):
+                    continue
+                if completion_parses or _parses_within(p.g.completion, prefix, suffix):
+                    p.broken = True
+                    self.gates["broken_syntax"] += 1
+
+    def _group_rows(self, group: list[_Plan]) -> list[dict[str, Any]]:
+        """The rows of one prompt group, earliest generation first."""
+        gates, cutoff = self.gates, self.cutoff
+        kept: dict[tuple[str, bool | None], list[str]] = defaultdict(list)
+        kept_chosen: list[str] = []
+        kept_rejected: list[str] = []
+
+        def fresh(bucket: tuple[str, bool | None], value: str) -> bool:
+            texts = kept[bucket]
+            if texts and process.extractOne(value, texts, scorer=fuzz.ratio, score_cutoff=cutoff) is not None:
+                gates["near_duplicate"] += 1
+                return False
+            texts.append(value)
+            return True
+
+        def fresh_pair(chosen: str, rejected: str) -> bool:
+            if kept_chosen:
+                for _, _, i in process.extract_iter(chosen, kept_chosen, scorer=fuzz.ratio, score_cutoff=cutoff):
+                    if fuzz.ratio(rejected, kept_rejected[i], score_cutoff=cutoff):
+                        gates["near_duplicate"] += 1
+                        return False
+            kept_chosen.append(chosen)
+            kept_rejected.append(rejected)
+            return True
+
+        rows: list[dict[str, Any]] = []
+        accepted: list[_Plan] = []
+        rejected: list[_Plan] = []
+        for p in group:
+            g = p.g
+            gid, completion, final = g.generation_id, g.completion, g.final_text
+            if p.edit in ("pair", "rewrite") and not p.broken:
+                edited = _events((g.shown_event_id, g.shown_at), (g.edited_event_id, g.edited_at))
+                if p.edit == "pair":
+                    gate = p.prompt_gate or p.final_gate or p.completion_gate
+                    if gate:
+                        gates[gate] += 1
+                    elif fresh_pair(final, completion):
+                        rows.append(
+                            self._row("edit_pair", f"edit:{gid}", p, edited, chosen="final", rejected="completion")
+                        )
+                gate = p.prompt_gate or p.final_gate
+                if gate:
+                    gates[gate] += 2  # the final kto row and the sft row
+                else:
+                    if fresh(("kto", True), final):
+                        rows.append(self._row("kto", f"kto:final:{gid}", p, edited, completion="final", label=True))
+                    if fresh(("sft", None), final):
+                        rows.append(self._row("sft", f"sft:{gid}", p, edited, completion="final"))
+            if p.label is None or p.signal is None:
+                continue
+            gate = p.prompt_gate or p.completion_gate
+            if gate:
+                gates[gate] += 1
+                continue
+            if fresh(("kto", p.label), completion):
+                events = _events((g.shown_event_id, g.shown_at), p.signal)
+                rows.append(
+                    self._row("kto", f"kto:completion:{gid}", p, events, completion="completion", label=p.label)
+                )
+            if g.outcome == "accepted" and p.label:
+                accepted.append(p)
+            elif g.outcome == "rejected" and not p.label:
+                rejected.append(p)
+        if accepted and rejected:
+            rows += self._choice_pairs(accepted, rejected)
+        return rows
+
+    def _choice_pairs(self, accepted: list[_Plan], rejected: list[_Plan]) -> list[dict[str, Any]]:
+        """Each accepted generation over the earliest PAIRS_PER_ACCEPTED rejected ones that differ from it more than
+        trivially. A completion that near-duplicates an earlier one of its outcome makes near-duplicate pairs."""
+        gates, min_distance = self.gates, self.config.min_edit_distance
+        distinct_accepted = self._distinct([p.g.completion for p in accepted])
+        distinct_rejected = self._distinct([p.g.completion for p in rejected])
+        rows: list[dict[str, Any]] = []
+        for a, a_distinct in zip(accepted, distinct_accepted, strict=True):
+            made = 0
+            for r, r_distinct in zip(rejected, distinct_rejected, strict=True):
+                if made == PAIRS_PER_ACCEPTED:
+                    break
+                chosen, other = a.g.completion, r.g.completion
+                distance = Levenshtein.normalized_distance(chosen, other, score_cutoff=min_distance)
+                if distance < min_distance or _whitespace_only(chosen, other):
+                    gates["trivial_pair"] += 1
+                    continue
+                made += 1
+                if not (a_distinct and r_distinct):
+                    gates["near_duplicate"] += 1
+                    continue
+                events = _events(*_decision_events(a.g), *_decision_events(r.g))
+                key = f"choice:{a.g.generation_id}>{r.g.generation_id}"
+                rows.append(self._row("choice_pair", key, a, events, chosen="completion", rejected="other", also=r.g))
+        return rows
+
+    def _distinct(self, texts: list[str]) -> list[bool]:
+        """For each text, whether it is no near-duplicate of an earlier distinct one."""
+        kept: list[str] = []
+        flags = []
+        for value in texts:
+            dup = bool(kept) and process.extractOne(value, kept, scorer=fuzz.ratio, score_cutoff=self.cutoff)
+            if not dup:
+                kept.append(value)
+            flags.append(not dup)
+        return flags
+
+    def _row(
+        self,
+        kind: str,
+        key: str,
+        p: _Plan,
+        events: tuple[list[str], datetime],
+        *,
+        chosen: str | None = None,
+        rejected: str | None = None,
+        completion: str | None = None,
+        label: bool | None = None,
+        also: Row[Any] | None = None,
+    ) -> dict[str, Any]:
+        """A row; `chosen`, `rejected` and `completion` say where their text is: the generation's "final" text or
+        "completion", or the "other" generation's completion (a choice pair's rejected side)."""
+        g = p.g
+        texts = {None: None, "final": g.final_text, "completion": g.completion}
+        if also is not None:
+            texts["other"] = also.completion
+        return {
+            "project_id": self.project_id,
+            "kind": kind,
+            "source_key": key,
+            "prompt": g.prompt,
+            "messages": g.messages,
+            "prompt_hash": g.prompt_hash,
+            "chosen": texts[chosen],
+            "rejected": texts[rejected],
+            "completion": texts[completion],
+            "label": label,
+            "user": g.user,
+            "occurred_at": events[1],
+            "generation_ids": [g.generation_id] if also is None else [g.generation_id, also.generation_id],
+            "event_ids": events[0],
+            "content_hash": "",
+            "active": True,
+            "built_at": self.built_at,
+        }
+
+    # -- writing -----------------------------------------------------------------------------------------------
+
+    def _write(self, page: _Page) -> None:
+        """Compare the page's rows with what the table holds for its generations, and write the difference."""
+        clock = time.perf_counter()
+        existing = self._existing([g.generation_id for g in page.gens.values()])
+        while True:
+            # A group that a generation left is re-derived too: the old rows name it. (Rare; usually no loop.)
+            hashes = {g.prompt_hash for g in page.gens.values()}
+            added = self._add_groups(page.gens, {old.prompt_hash for old in existing.values()} - hashes)
+            if not added:
+                break
+            self._derive(page, [g for g in page.gens.values() if g.prompt_hash in {a.prompt_hash for a in added}])
+            existing.update(self._existing([g.generation_id for g in added]))
+        self.seconds["read"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        inserts, upserts = self._settle(page.produced, existing)
+        gone = sorted(key for key, old in existing.items() if old.active and key not in page.produced)
+        for key in gone:
+            self.removed[key[0]] += 1
+            if key[0] == "choice_pair" and self.by_member is not None:
+                for gid in self.choices.pop(key[1]).members:
+                    self.by_member[gid].discard(key[1])
+        self.seconds["compare"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        if self.pg and inserts:
+            cursor = self.session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy(_COPY_SQL) as out:
+                for start in range(0, len(inserts), _WRITE_CHUNK):
+                    out.write(_csv(inserts[start : start + _WRITE_CHUNK]))
+        elif inserts:
+            upserts += inserts
+        for start in range(0, len(upserts), _WRITE_CHUNK):
+            _WRITE_ROWS.write(self.session, upserts[start : start + _WRITE_CHUNK])
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for kind, source_key in gone:
+            by_kind[kind].append(source_key)
+        for kind, keys in by_kind.items():
+            self.session.execute(
+                update(_ROWS)
+                .where(
+                    _ROWS.c.project_id == self.project_id,
+                    _ROWS.c.kind == kind,
+                    _one_of(self.session, _ROWS.c.source_key, keys),
+                )
+                .values(active=False, built_at=self.built_at)
+            )
+        self.written += len(inserts) + len(upserts)
+        if self.analyze_rows and self.written >= _ANALYZE_AFTER:
+            self.session.execute(text("ANALYZE training_rows"))
+            self.analyze_rows = False
+        self.seconds["write"] += time.perf_counter() - clock
+
+    def _settle(
+        self, produced: dict[Key, dict[str, Any]], existing: dict[Key, _Old]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Hash the produced rows; return those to write: new keys (inserted), and keys that changed or come back
+        after being removed (upserted)."""
+        digests: dict[int, bytes] = {}  # by object: a generation's texts sit in several of its rows
+
+        def digest(value: str | None) -> bytes:
+            if value is None:
+                return b"\0" * 32
+            found = digests.get(id(value))
+            if found is None:
+                found = digests[id(value)] = hashlib.sha256(value.encode()).digest()
+            return found
+
+        inserts, upserts = [], []
+        for key in sorted(produced):
+            row, kind = produced[key], key[0]
+            self.rows[kind] += 1
+            # The prompt hash stands for the prompt; the texts are hashed once per generation.
+            meta = [row["prompt_hash"], row["label"], row["user"], row["occurred_at"], row["generation_ids"]]
+            content = hashlib.sha256(orjson.dumps([*meta, row["event_ids"]]))
+            content.update(digest(row["chosen"]) + digest(row["rejected"]) + digest(row["completion"]))
+            row["content_hash"] = content.hexdigest()
+            old = existing.get(key)
+            if old is None:
+                self.added[kind] += 1
+                inserts.append(row)
+            elif not old.active or old.content_hash != row["content_hash"]:
+                (self.changed if old.active else self.added)[kind] += 1
+                upserts.append(row)
+            else:
+                continue
+            if kind == "choice_pair" and self.by_member is not None:
+                self.choices[key[1]] = _Old(row["content_hash"], True, row["prompt_hash"], tuple(row["generation_ids"]))
+                for gid in row["generation_ids"]:
+                    self.by_member[gid].add(key[1])
+        return inserts, upserts
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    """Rows for `COPY ... (FORMAT csv)` in _COPY_COLUMNS order: quoted text is NULL-safe (an unquoted empty field
+    is NULL), and the only escape is a doubled quote."""
+
+    def q(value: str | None) -> str:
+        return "" if value is None else '"' + value.replace('"', '""') + '"'
+
+    def j(value: Any) -> str:
+        return "" if value is None else '"' + orjson.dumps(value).decode().replace('"', '""') + '"'
+
+    stamps: dict[datetime, str] = {}  # a generation's rows share their times
+
+    def at(value: datetime) -> str:
+        found = stamps.get(value)
+        if found is None:
+            found = stamps[value] = value.isoformat()
+        return found
+
+    lines = [
+        f"{r['project_id']},{q(r['kind'])},{q(r['source_key'])},{q(r['prompt'])},{j(r['messages'])},"
+        f"{q(r['prompt_hash'])},{q(r['chosen'])},{q(r['rejected'])},{q(r['completion'])},"
+        f"{'' if r['label'] is None else 't' if r['label'] else 'f'},{q(r['user'])},{at(r['occurred_at'])},"
+        f"{j(r['generation_ids'])},{j(r['event_ids'])},{r['content_hash']},{'t' if r['active'] else 'f'},"
+        f"{at(r['built_at'])}\n"
+        for r in rows
+    ]
+    return "".join(lines)
+
+
+def _events(*events: tuple[str, datetime]) -> tuple[list[str], datetime]:
+    """The ids of the events behind a row, and when the latest of them happened. (Rows of one generation share
+    the list: nothing changes it.)"""
+    return [event_id for event_id, _ in events], max(at for _, at in events)
+
+
+def _decision_events(g: Row[Any]) -> list[tuple[str, datetime]]:
+    events = [(g.shown_event_id, g.shown_at), (g.decision_event_id, g.decided_at)]
+    if g.rating_score:
+        events.append((g.rating_event_id, g.rated_at))
+    return events
+
+
+def _is_python(g: Row[Any]) -> bool:
+    return (g.language or "").lower() == "python" or (g.file_path or "").lower().endswith(_PYTHON_SUFFIXES)
+
+
+def _whitespace_only(a: str, b: str) -> bool:
+    """Whether the texts differ only in whitespace. Counting first (spaces, tabs and line breaks; other whitespace
+    makes texts count as different): most edits change how much is not space, and counting copies nothing."""
+    if _not_space(a) != _not_space(b):
+        return False
+    return a.split() == b.split()
+
+
+def _not_space(text: str) -> int:
+    return len(text) - text.count(" ") - text.count("\n") - text.count("\t") - text.count("\r")
+
+
+def _compiles(source: str) -> bool:
+    try:
+        compile(source, "<training-row>", "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+def _parses(source: str) -> bool:
+    """As it is, or as the body of a block: a completion inside a function body comes indented. (What dedenting
+    gives, without its regexes, and it also takes a fragment that closes its block and goes on outside it.)"""
+    if _compiles(source):
+        return True
+    start = len(source) - len(source.lstrip("\n"))
+    return source[start : start + 1] in (" ", "\t") and _compiles("if 1:\n" + source)
+
+
+def _parses_within(source: str, prefix: str | None, suffix: str | None) -> bool:
+    """After the code before the cursor (a completion that starts mid-line), then with the code after it too."""
+    if prefix and _compiles(prefix + source):
+        return True
+    return suffix is not None and suffix != "" and _compiles((prefix or "") + source + suffix)
