@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-slow lint bench-ingest clean
+.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
+
+bench-pairs: $(STAMP)
+	$(BIN)/python benchmarks/pairs.py
 
 clean:
 	rm -rf $(VENV) .editloop .pytest_cache

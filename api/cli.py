@@ -3,9 +3,10 @@
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from api.cli_common import console, err, fail, ready_schema
+from api.cli_datasets import datasets_app
 from core import migrate
 from core.db import session_scope
 from core.errors import EditloopError
@@ -24,25 +25,7 @@ keys_app = typer.Typer(help="API keys of a project.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
-console = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=1)
-
-
-def ready_schema(settings: Settings) -> None:
-    """The embedded database is brought up to date by itself; a server database must be upgraded on purpose."""
-    url = settings.sqlalchemy_url
-    if settings.is_embedded:
-        if migrate.current_revision(url) != migrate.head_revision(url):
-            migrate.upgrade(url)
-        return
-    current, head = migrate.current_revision(url), migrate.head_revision(url)
-    if current != head:
-        raise fail(f"the database is at revision {current}, the code needs {head}: run `editloop db upgrade`")
+app.add_typer(datasets_app, name="datasets")
 
 
 @db_app.command("upgrade")
@@ -65,22 +48,74 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes (use 1 with the embedded database).")] = 1,
+    background: Annotated[
+        bool | None,
+        typer.Option(
+            "--background/--no-background",
+            help="Also run a worker with the schedule (default: yes on the embedded database, no with a server).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the collector API."""
+    """Run the collector API (and, on the embedded default, the background worker and schedule)."""
+    import subprocess
+    import sys
+
     import uvicorn
 
     settings = get_settings()
     ready_schema(settings)
+    helper = None
+    if settings.is_embedded if background is None else background:
+        helper = subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--beat", "--queues", "default"])
+        console.print(f"background worker and schedule: pid {helper.pid}, broker {settings.celery_broker_url}")
     console.print(f"editloop collector on http://{host}:{port} (database: {_where(settings)})")
-    uvicorn.run(
-        "api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        access_log=False,
-    )
+    try:
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            access_log=False,
+        )
+    finally:
+        if helper is not None:
+            helper.terminate()
+            helper.wait(timeout=30)
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues: default (CPU work), gpu (training).")
+    ] = "default",
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks at once (use 1 per GPU on the gpu queue).")] = 1,
+    beat: Annotated[bool, typer.Option(help="Also run the schedule in this process (one per deployment).")] = False,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker on EDITLOOP_BROKER_URL (default: a SQLite-backed queue in the data dir)."""
+    from core.queue import configure
+
+    settings = get_settings()
+    ready_schema(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = ["worker", "-Q", queues, "--concurrency", str(concurrency), "--loglevel", loglevel]
+    argv += ["--pool", "solo" if concurrency == 1 else "prefork"]
+    if beat:
+        argv.append("--beat")
+    configure(settings).worker_main(argv)
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO") -> None:
+    """Run the schedule (builds rows and checks retraining triggers every EDITLOOP_REFRESH_INTERVAL_S)."""
+    from core.queue import configure
+
+    settings = get_settings()
+    ready_schema(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    configure(settings).start(["beat", "--loglevel", loglevel])
 
 
 def _where(settings: Settings) -> str:
@@ -129,6 +164,70 @@ def projects_exclude(
     except EditloopError as exc:
         raise fail(exc.detail) from None
     console.print(f"project {name} excludes: {' '.join(globs)}")
+
+
+@projects_app.command("set")
+def projects_set(
+    name: Annotated[str, typer.Argument(help="Project name.")],
+    assignments: Annotated[
+        list[str], typer.Argument(help="dataset.FIELD=VALUE pairs, e.g. dataset.eval_fraction=0.2; VALUE is JSON.")
+    ],
+) -> None:
+    """Change a project's settings (the dataset gates, split and retraining trigger); `projects show` lists them."""
+    import json
+
+    from pydantic import ValidationError
+
+    from feedback.config import DatasetConfig
+
+    settings = get_settings()
+    ready_schema(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        try:
+            project = get_project(session, name)
+        except EditloopError as exc:
+            raise fail(exc.detail) from None
+        dataset = dict((project.settings or {}).get("dataset", {}))
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            section, _, field = key.partition(".")
+            if not sep or section != "dataset" or field not in DatasetConfig.model_fields:
+                raise fail(
+                    f"{key}: expected dataset.FIELD=VALUE with FIELD one of {sorted(DatasetConfig.model_fields)}"
+                )
+            try:
+                dataset[field] = json.loads(raw)
+            except json.JSONDecodeError:
+                dataset[field] = raw  # a bare word, e.g. split_by=user
+        try:
+            DatasetConfig.model_validate(dataset)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise fail(f"dataset.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        project.settings = {**(project.settings or {}), "dataset": dataset}
+    console.print(f"project {name}: " + ", ".join(f"dataset.{k}={v!r}" for k, v in dataset.items()))
+
+
+@projects_app.command("show")
+def projects_show(name: Annotated[str, typer.Argument(help="Project name.")]) -> None:
+    """Show a project's settings, defaults included."""
+    from feedback.config import DatasetConfig
+
+    settings = get_settings()
+    ready_schema(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        try:
+            project = get_project(session, name)
+        except EditloopError as exc:
+            raise fail(exc.detail) from None
+        overrides = (project.settings or {}).get("dataset", {})
+        config = DatasetConfig.model_validate(overrides)
+        table = Table("setting", "value", "", "meaning", title=f"project {name}")
+        table.add_row("excluded_paths", " ".join(project.excluded_paths or []) or "-", "", "never stored")
+        for field, info in DatasetConfig.model_fields.items():
+            mark = "set" if field in overrides else "default"
+            table.add_row(f"dataset.{field}", repr(getattr(config, field)), mark, info.description or "")
+    console.print(table)
 
 
 @keys_app.command("create")

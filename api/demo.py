@@ -1,4 +1,5 @@
-"""`editloop demo`: the collector on the embedded database, fed by simulated editor users over real HTTP.
+"""`editloop demo`: the collector on the embedded database, fed by simulated editor users over real HTTP, then
+the training data the loop learns from.
 
 Users ask for code, then accept it, reject it, or edit it to their taste (type hints, snake_case), and their
 editor posts the events the way real editors do: batched or one by one, late, out of order and sometimes twice.
@@ -113,6 +114,7 @@ def run_demo(settings: Settings, console: Console, users: int = 8, per_user: int
     name = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     with session_scope(settings.sqlalchemy_url) as session:
         project = create_project(session, name, [".env*", "*.pem"])
+        project_id = project.id
         _, ingest_key = create_key(session, project, Role.ingest)
         _, admin_key = create_key(session, project, Role.admin)
 
@@ -187,4 +189,25 @@ def run_demo(settings: Settings, console: Console, users: int = 8, per_user: int
             f"[red]- model:[/red]\n{example['completion']}[green]+ user:[/green]\n{example['final_text']}"
             f"edit distance {example['edit_distance']:.3f}"
         )
+    summary["dataset"] = build_dataset(settings, console, project_id)
     return summary
+
+
+def build_dataset(settings: Settings, console: Console, project_id: int) -> dict[str, Any]:
+    """What the worker does on its schedule, done now: build the training rows, cut a snapshot."""
+    from feedback.models import DatasetBuild
+    from feedback.snapshots import cut_snapshot
+    from feedback.tasks import build_project_rows
+
+    build_id = build_project_rows(settings.sqlalchemy_url, project_id)
+    with session_scope(settings.sqlalchemy_url) as session:
+        build = session.get(DatasetBuild, build_id)
+        snapshot = cut_snapshot(session, project_id, build_id=build_id)
+        report, counts, digest = dict(build.report if build else {}), snapshot.counts, snapshot.sha256
+    table = Table("kind", "train", "eval", title=f"training data: snapshot {snapshot.id} ({digest[:12]})")
+    for kind, split in counts.items():
+        table.add_row(kind, str(split.get("train", 0)), str(split.get("eval", 0)))
+    console.print(table)
+    gates = {k: v for k, v in report.get("gates", {}).items() if v}
+    console.print(f"quality gates dropped: {gates or 'nothing'}")
+    return {"snapshot": snapshot.id, "sha256": digest, "counts": counts, "gates": report.get("gates", {})}
