@@ -20,16 +20,6 @@ Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x
 Short = Annotated[str, Field(max_length=1024)]
 
 
-def _check_text(value: Any, info: ValidationInfo) -> Any:
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("contains a NUL character, which cannot be stored")
-        limit = info.context["settings"].max_text_chars if info.context else None
-        if limit is not None and len(value) > limit:
-            raise ValueError(f"exceeds {limit} characters")
-    return value
-
-
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,25 +35,16 @@ class _Event(BaseModel):
         if settings is not None:
             if value.year < settings.min_occurred_year:
                 raise ValueError(f"is before {settings.min_occurred_year}")
-            if value > datetime.now(UTC) + timedelta(seconds=settings.max_future_skew_s):
+            now = info.context.get("now") or datetime.now(UTC)  # type: ignore[union-attr]
+            if value > now + timedelta(seconds=settings.max_future_skew_s):
                 raise ValueError(f"is more than {settings.max_future_skew_s}s in the future")
         return value
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _texts(cls, value: Any, info: ValidationInfo) -> Any:
-        return _check_text(value, info)
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     role: Annotated[str, Field(min_length=1, max_length=32)]
     content: str
-
-    @field_validator("content")
-    @classmethod
-    def _texts(cls, value: str, info: ValidationInfo) -> str:
-        return _check_text(value, info)
 
 
 class GenerationEvent(_Event):
@@ -146,8 +127,43 @@ def _loc(index: int, loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def parse_event(index: int, raw: Any, settings: Settings) -> Event | EventError:
-    """Validate one raw event; return the typed event, or an error naming the field and the reason."""
+def _text_problem(value: Any, limit: int) -> str | None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "contains a NUL character, which cannot be stored"
+        if len(value) > limit:
+            return f"exceeds {limit} characters"
+    return None
+
+
+def _text_error(event: Event, limit: int) -> tuple[tuple[int | str, ...], str] | None:
+    """The first text field (in field order) that holds a NUL or is longer than the limit: where, and why."""
+    for name in type(event).model_fields:
+        value = getattr(event, name)
+        if name == "messages" and value:
+            for i, message in enumerate(value):
+                for part in ("role", "content"):
+                    problem = _text_problem(getattr(message, part), limit)
+                    if problem:
+                        return (name, i, part), problem
+        elif problem := _text_problem(value, limit):
+            return (name,), problem
+    return None
+
+
+def _texts_need_checking(raw: dict[str, Any], limit: int) -> bool:
+    # JSON escapes a NUL as \u0000, and no string is longer than the JSON that holds it: for nearly every event,
+    # one serialization in C answers for all of its text fields.
+    try:
+        document = orjson.dumps(raw)
+    except TypeError:
+        return True
+    return len(document) > limit or b"\\u0000" in document
+
+
+def parse_event(index: int, raw: Any, settings: Settings, now: datetime | None = None) -> Event | EventError:
+    """Validate one raw event; return the typed event, or an error naming the field and the reason.
+    `now` (default: the clock) bounds occurred_at; give one per batch."""
     if not isinstance(raw, dict):
         return EventError(index=index, field=f"events[{index}]", detail="must be a JSON object")
     event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
@@ -157,11 +173,16 @@ def parse_event(index: int, raw: Any, settings: Settings) -> Event | EventError:
         detail = "required" if kind is None else f"unknown event type {kind!r}; expected one of {sorted(EVENT_TYPES)}"
         return EventError(index=index, event_id=event_id, field=f"events[{index}].type", detail=detail)
     try:
-        return model.model_validate(raw, context={"settings": settings})
+        event = model.model_validate(raw, context={"settings": settings, "now": now})
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         msg = err["msg"].removeprefix("Value error, ")
         return EventError(index=index, event_id=event_id, field=_loc(index, err["loc"]), detail=msg)
+    if _texts_need_checking(raw, settings.max_text_chars):
+        found = _text_error(event, settings.max_text_chars)
+        if found:
+            return EventError(index=index, event_id=event_id, field=_loc(index, found[0]), detail=found[1])
+    return event
 
 
 class IngestResult(BaseModel):

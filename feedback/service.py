@@ -3,11 +3,12 @@
 import base64
 import fnmatch
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ARRAY, String, func, literal, select, text, update
+from sqlalchemy import ARRAY, String, Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
@@ -29,8 +30,8 @@ from feedback.schemas import (
 from feedback.scrub import scrub_text
 
 _COMMON = {"event_id", "type", "generation_id", "occurred_at"}
-_GEN = Generation.__table__
-_EVENTS = FeedbackEvent.__table__
+_GEN = cast(Table, Generation.__table__)
+_EVENTS = cast(Table, FeedbackEvent.__table__)
 _WRITE_EVENTS = BulkWriter(
     _EVENTS,
     ["project_id", "event_id", "type", "generation_id", "occurred_at", "received_at", "payload"],
@@ -45,8 +46,15 @@ _WRITE_GENERATIONS = BulkWriter(
 )
 
 
+# The shortest text in which scrub_text finds a secret has 7 characters (`://:pw@`, a password in a URL); the many
+# short strings of an event (language, user, version...) skip the scan.
+MIN_SECRET_CHARS = 7
+
+
 def _scrub(value: Any, counts: Counter[str]) -> Any:
     if isinstance(value, str):
+        if len(value) < MIN_SECRET_CHARS:
+            return value
         clean, found = scrub_text(value)
         if found:
             counts.update(found)
@@ -79,16 +87,71 @@ def _lock_generations(session: Session, project_id: int, generation_ids: list[st
     )
 
 
+# A join on the ids leaves the unique (project_id, generation_id) index as the only one that fits: with stale
+# statistics (a new database, a new project) an IN list let the planner pick the updated_at index and filter every
+# row of the project. Both statements are built once: building one per call cost more than running it.
+_IDS = func.unnest(bindparam("gids", type_=ARRAY(String))).table_valued("gid").render_derived(name="ids")
+_PG_CURRENT = select(_GEN).join(_IDS, _GEN.c.generation_id == _IDS.c.gid).where(_GEN.c.project_id == bindparam("pid"))
+_SQLITE_CURRENT = select(_GEN).where(
+    _GEN.c.project_id == bindparam("pid"), _GEN.c.generation_id.in_(bindparam("gids", expanding=True))
+)
+
+
 def _current_rows(session: Session, project_id: int, generation_ids: list[str]) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        # A join on the ids leaves the unique (project_id, generation_id) index as the only one that fits: with
-        # stale statistics (a new database, a new project) an IN list let the planner pick the updated_at index
-        # and filter every row of the project.
-        ids = func.unnest(literal(generation_ids, ARRAY(String))).table_valued("gid").render_derived(name="ids")
-        query = select(_GEN).join(ids, _GEN.c.generation_id == ids.c.gid).where(_GEN.c.project_id == project_id)
-    else:
-        query = select(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id.in_(generation_ids))
-    return session.execute(query).mappings()
+    query = _PG_CURRENT if session.get_bind().dialect.name == "postgresql" else _SQLITE_CURRENT
+    return session.execute(query, {"pid": project_id, "gids": generation_ids}).mappings()
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A request's events after validation: the valid ones (the first of each event_id, in order) and the rest."""
+
+    received: int
+    events: list[Event]
+    errors: list[EventError]
+    repeated: int  # events whose event_id came earlier in the same request
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What `store` did: the event_ids it stored, and the secrets it redacted in each of them."""
+
+    stored: set[str]
+    secrets: dict[str, Counter[str]]
+
+
+def validate(raw_events: list[Any], settings: Settings) -> Batch:
+    """Validate a request's events one by one; invalid events are reported by index."""
+    errors: list[EventError] = []
+    events: dict[str, Event] = {}
+    repeated = 0
+    now = utcnow()
+    for index, raw in enumerate(raw_events):
+        parsed = parse_event(index, raw, settings, now)
+        if isinstance(parsed, EventError):
+            errors.append(parsed)
+        elif parsed.event_id in events:
+            repeated += 1
+        else:
+            events[parsed.event_id] = parsed
+    return Batch(received=len(raw_events), events=list(events.values()), errors=errors, repeated=repeated)
+
+
+def tally(batch: Batch, stored: Set[str], secrets: Mapping[str, Counter[str]]) -> IngestResult:
+    """The answer to a request: `stored` holds the event_ids stored on its behalf, the rest were duplicates."""
+    counts: Counter[str] = Counter()
+    mine = 0
+    for event in batch.events:
+        if event.event_id in stored:
+            mine += 1
+            counts.update(secrets.get(event.event_id, ()))
+    return IngestResult(
+        received=batch.received,
+        stored=mine,
+        duplicates=batch.repeated + len(batch.events) - mine,
+        errors=batch.errors,
+        secrets_redacted=dict(counts),
+    )
 
 
 def ingest(
@@ -100,75 +163,70 @@ def ingest(
 ) -> IngestResult:
     """Validate, scrub and store a batch; fold the new events into their generations. Invalid events are
     reported by index and stored nowhere; events already stored are counted as duplicates and change nothing."""
-    errors: list[EventError] = []
-    events: dict[str, Event] = {}
-    duplicates = 0
-    for index, raw in enumerate(raw_events):
-        parsed = parse_event(index, raw, settings)
-        if isinstance(parsed, EventError):
-            errors.append(parsed)
-        elif parsed.event_id in events:
-            duplicates += 1
-        else:
-            events[parsed.event_id] = parsed
-    if not events:
-        return IngestResult(
-            received=len(raw_events), stored=0, duplicates=duplicates, errors=errors, secrets_redacted={}
-        )
-
+    batch = validate(raw_events, settings)
+    if not batch.events:
+        return tally(batch, set(), {})
     if excluded_paths is None:  # callers that authenticated already know them
         project = session.get(Project, project_id)
         if project is None:
             raise NotFound(f"project {project_id} does not exist")
         excluded_paths = project.excluded_paths or []
+    written = store(session, project_id, batch.events, excluded_paths)
+    return tally(batch, written.stored, written.secrets)
+
+
+def store(session: Session, project_id: int, events: Sequence[Event], excluded_paths: Sequence[str]) -> Written:
+    """Scrub and store valid events with distinct event_ids (of one request or of many), and fold those not
+    stored before into their generations."""
+    by_id = {e.event_id: e for e in events}
+    if not by_id:
+        return Written(set(), {})
     globs = list(excluded_paths)
     now = utcnow()
 
-    generation_ids = sorted({e.generation_id for e in events.values()})
+    generation_ids = sorted({e.generation_id for e in events})
     _lock_generations(session, project_id, generation_ids)
     rows = {r["generation_id"]: dict(r) for r in _current_rows(session, project_id, generation_ids)}
     excluded = {g for g, r in rows.items() if r["excluded"]}
     newly_excluded = {
         e.generation_id
-        for e in events.values()
+        for e in events
         if isinstance(e, GenerationEvent) and e.generation_id not in excluded and is_excluded(e.file_path, globs)
     }
     excluded |= newly_excluded
 
-    counts: Counter[str] = Counter()
+    order = sorted(by_id)  # one insert order everywhere, so concurrent batches cannot deadlock
     per_event: dict[str, tuple[dict[str, Any], Counter[str]]] = {}
-    for event_id in sorted(events):  # one insert order everywhere, so concurrent batches cannot deadlock
-        event = events[event_id]
+    for event_id in order:
+        event = by_id[event_id]
         payload = event.model_dump(mode="json", exclude=_COMMON, exclude_none=True)
         if event.generation_id in excluded:
             for field in (*GENERATION_CODE, *FEEDBACK_CODE):
                 payload.pop(field, None)
         found: Counter[str] = Counter()
         per_event[event_id] = (_scrub(payload, found), found)
-        counts.update(found)
 
-    stored_ids = set(
+    stored = set(
         _WRITE_EVENTS.write(
             session,
             [
                 {
                     "project_id": project_id,
                     "event_id": event_id,
-                    "type": events[event_id].type,
-                    "generation_id": events[event_id].generation_id,
-                    "occurred_at": events[event_id].occurred_at,
+                    "type": by_id[event_id].type,
+                    "generation_id": by_id[event_id].generation_id,
+                    "occurred_at": by_id[event_id].occurred_at,
                     "received_at": now,
                     "payload": per_event[event_id][0],
                 }
-                for event_id in sorted(events)
+                for event_id in order
             ],
         )
     )
-    duplicates += len(events) - len(stored_ids)
 
     changed: dict[str, dict[str, Any]] = {}
-    for event_id in sorted(stored_ids):
-        event = events[event_id]
+    for event_id in sorted(stored):
+        event = by_id[event_id]
         row = changed.get(event.generation_id)
         if row is None:
             row = rows.get(event.generation_id) or empty_row(project_id, event.generation_id, now)
@@ -190,14 +248,7 @@ def ingest(
     _WRITE_GENERATIONS.write(session, [changed[g] for g in sorted(changed)])
     if newly_excluded:
         _redact_stored_code(session, project_id, newly_excluded)
-
-    return IngestResult(
-        received=len(raw_events),
-        stored=len(stored_ids),
-        duplicates=duplicates,
-        errors=errors,
-        secrets_redacted=dict(counts),
-    )
+    return Written(stored, {event_id: per_event[event_id][1] for event_id in stored if per_event[event_id][1]})
 
 
 def _redact_stored_code(session: Session, project_id: int, generation_ids: set[str]) -> None:

@@ -1,12 +1,10 @@
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy.exc import OperationalError
-from starlette.concurrency import run_in_threadpool
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from api.body import read_json
-from api.deps import IngestKey, sessions_of, settings_of
+from api.deps import IngestKey, settings_of
+from api.group_commit import GroupCommitter
 from core.errors import InvalidInput
 from core.projects import Principal
 from feedback import service
@@ -15,29 +13,12 @@ from feedback.schemas import IngestResult
 router = APIRouter(tags=["feedback"])
 
 
-def _transient(exc: BaseException) -> bool:
-    # Postgres deadlock (40P01) or serialization failure (40001); SQLite "database is locked".
-    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    return isinstance(exc, OperationalError) and (code in ("40P01", "40001") or "locked" in str(exc))
-
-
-def store_batch(request: Request, key: Principal, events: list[Any]) -> IngestResult:
-    """Ingest in one transaction and commit before answering: a 2xx means every stored event is committed."""
-    sessions, settings = sessions_of(request), settings_of(request)
-
-    @retry(
-        retry=retry_if_exception(_transient),
-        stop=stop_after_attempt(5),
-        wait=wait_random_exponential(0.01, 0.5),
-        reraise=True,
-    )
-    def attempt() -> IngestResult:
-        with sessions() as session:
-            result = service.ingest(session, key.project_id, events, settings, key.excluded_paths)
-            session.commit()
-            return result
-
-    return attempt()
+async def store_events(request: Request, key: Principal, events: list[Any]) -> IngestResult:
+    """Validate here (per-event errors), store in a transaction shared with concurrent requests, and answer after
+    it commits: a 2xx means every stored event is committed."""
+    batch = service.validate(events, settings_of(request))
+    committer: GroupCommitter = request.app.state.group_commit
+    return answer(await committer.submit(key, batch))
 
 
 def check_batch(body: Any, max_events: int) -> list[Any]:
@@ -68,4 +49,4 @@ async def post_events(request: Request, key: IngestKey) -> IngestResult:
     reported in `errors` by index. A batch in which every event is invalid is a 422 and stores nothing."""
     settings = settings_of(request)
     events = check_batch(await read_json(request, settings.max_request_bytes), settings.max_events_per_batch)
-    return answer(await run_in_threadpool(store_batch, request, key, events))
+    return await store_events(request, key, events)

@@ -1,9 +1,8 @@
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
 from api.body import read_json
 from api.deps import IngestKey, settings_of
-from api.routes.events import answer, store_batch
+from api.routes.events import store_events
 from core.errors import InvalidInput
 from feedback.integrations.continue_dev import map_continue_event
 from feedback.schemas import IngestResult
@@ -21,4 +20,4 @@ async def post_continue(request: Request, key: IngestKey) -> IngestResult:
     events = map_continue_event(body)
     if not events:
         return IngestResult(received=0, stored=0, duplicates=0, errors=[], secrets_redacted={})
-    return answer(await run_in_threadpool(store_batch, request, key, events))
+    return await store_events(request, key, events)
