@@ -5,12 +5,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from api.cli_common import console, err, fail, ready_schema
+from api.cli_common import console, err, fail, project_scope, ready_schema
 from api.cli_datasets import datasets_app
 from core import migrate
 from core.db import session_scope
 from core.errors import EditloopError
-from core.projects import Role, create_key, create_project, get_project, list_keys, list_projects, revoke_key
+from core.projects import Role, create_key, create_project, list_keys, list_projects, revoke_key
 from core.projects import set_excluded_paths as set_excluded
 from core.settings import Settings, get_settings
 
@@ -156,13 +156,8 @@ def projects_exclude(
     globs: Annotated[list[str], typer.Argument(help="File path globs, e.g. '.env*' '*.pem'; replaces the list.")],
 ) -> None:
     """Set the file path globs whose code is never stored (events keep their outcome)."""
-    settings = get_settings()
-    ready_schema(settings)
-    try:
-        with session_scope(settings.sqlalchemy_url) as session:
-            set_excluded(session, get_project(session, name), globs)
-    except EditloopError as exc:
-        raise fail(exc.detail) from None
+    with project_scope(name) as (session, project):
+        set_excluded(session, project, globs)
     console.print(f"project {name} excludes: {' '.join(globs)}")
 
 
@@ -180,13 +175,7 @@ def projects_set(
 
     from feedback.config import DatasetConfig
 
-    settings = get_settings()
-    ready_schema(settings)
-    with session_scope(settings.sqlalchemy_url) as session:
-        try:
-            project = get_project(session, name)
-        except EditloopError as exc:
-            raise fail(exc.detail) from None
+    with project_scope(name) as (_, project):
         dataset = dict((project.settings or {}).get("dataset", {}))
         for item in assignments:
             key, sep, raw = item.partition("=")
@@ -213,13 +202,7 @@ def projects_show(name: Annotated[str, typer.Argument(help="Project name.")]) ->
     """Show a project's settings, defaults included."""
     from feedback.config import DatasetConfig
 
-    settings = get_settings()
-    ready_schema(settings)
-    with session_scope(settings.sqlalchemy_url) as session:
-        try:
-            project = get_project(session, name)
-        except EditloopError as exc:
-            raise fail(exc.detail) from None
+    with project_scope(name) as (_, project):
         overrides = (project.settings or {}).get("dataset", {})
         config = DatasetConfig.model_validate(overrides)
         table = Table("setting", "value", "", "meaning", title=f"project {name}")
@@ -236,13 +219,8 @@ def keys_create(
     role: Annotated[Role, typer.Option(help="ingest: editors post feedback; admin: ML engineers.")] = Role.ingest,
 ) -> None:
     """Create an API key; it is printed once and only its hash is stored."""
-    settings = get_settings()
-    ready_schema(settings)
-    try:
-        with session_scope(settings.sqlalchemy_url) as session:
-            key, plain = create_key(session, get_project(session, project), role)
-    except EditloopError as exc:
-        raise fail(exc.detail) from None
+    with project_scope(project) as (session, found):
+        key, plain = create_key(session, found, role)
     err.print(f"key {key.id} ({role.value}) for project {project}; store it now, it is not shown again:")
     print(plain)
 
@@ -250,21 +228,16 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
     """List a project's keys (their first characters only)."""
-    settings = get_settings()
-    ready_schema(settings)
     table = Table("id", "role", "starts with", "created", "revoked")
-    try:
-        with session_scope(settings.sqlalchemy_url) as session:
-            for k in list_keys(session, get_project(session, project)):
-                table.add_row(
-                    str(k.id),
-                    k.role,
-                    k.hint + "…",
-                    k.created_at.isoformat(timespec="seconds"),
-                    k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-",
-                )
-    except EditloopError as exc:
-        raise fail(exc.detail) from None
+    with project_scope(project) as (session, found):
+        for k in list_keys(session, found):
+            table.add_row(
+                str(k.id),
+                k.role,
+                k.hint + "…",
+                k.created_at.isoformat(timespec="seconds"),
+                k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-",
+            )
     console.print(table)
 
 
@@ -274,13 +247,8 @@ def keys_revoke(
     project: Annotated[str, typer.Option(help="Project name.")],
 ) -> None:
     """Revoke a key. Running servers stop accepting it within EDITLOOP_AUTH_CACHE_TTL_S seconds."""
-    settings = get_settings()
-    ready_schema(settings)
-    try:
-        with session_scope(settings.sqlalchemy_url) as session:
-            revoke_key(session, get_project(session, project), key_id)
-    except EditloopError as exc:
-        raise fail(exc.detail) from None
+    with project_scope(project) as (session, found):
+        revoke_key(session, found, key_id)
     console.print(f"revoked key {key_id}")
 
 

@@ -1,10 +1,17 @@
 """What every CLI module shares: the consoles, the error exit, and the schema check."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import typer
 from rich.console import Console
+from sqlalchemy.orm import Session
 
 from core import migrate
-from core.settings import Settings
+from core.db import session_scope
+from core.errors import EditloopError
+from core.projects import Project, get_project
+from core.settings import Settings, get_settings
 
 console = Console()
 err = Console(stderr=True)
@@ -25,3 +32,15 @@ def ready_schema(settings: Settings) -> None:
     current, head = migrate.current_revision(url), migrate.head_revision(url)
     if current != head:
         raise fail(f"the database is at revision {current}, the code needs {head}: run `editloop db upgrade`")
+
+
+@contextmanager
+def project_scope(name: str) -> Iterator[tuple[Session, Project]]:
+    """A transaction with the named project for a command; a domain error ends the command with its message."""
+    settings = get_settings()
+    ready_schema(settings)
+    try:
+        with session_scope(settings.sqlalchemy_url) as session:
+            yield session, get_project(session, name)
+    except EditloopError as exc:
+        raise fail(exc.detail) from None
