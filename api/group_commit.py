@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass
-from types import TracebackType
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -77,7 +76,7 @@ class GroupCommitter:
             self._writers = [asyncio.create_task(self._write_loop()) for _ in range(self.writers)]
         return self
 
-    async def __aexit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         """Answer every request that is waiting, then stop the writers."""
         writers, self._writers = self._writers, []  # from now on, requests commit alone
         self._queue.extend([None] * len(writers))

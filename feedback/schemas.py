@@ -31,11 +31,12 @@ class _Event(BaseModel):
     @classmethod
     def _sane_time(cls, value: datetime, info: ValidationInfo) -> datetime:
         value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        settings: Settings | None = info.context["settings"] if info.context else None
+        context = info.context or {}
+        settings: Settings | None = context.get("settings")
         if settings is not None:
             if value.year < settings.min_occurred_year:
                 raise ValueError(f"is before {settings.min_occurred_year}")
-            now = info.context.get("now") or datetime.now(UTC)  # type: ignore[union-attr]
+            now = context.get("now") or datetime.now(UTC)  # one clock reading per batch, where the caller gives it
             if value > now + timedelta(seconds=settings.max_future_skew_s):
                 raise ValueError(f"is more than {settings.max_future_skew_s}s in the future")
         return value
@@ -190,7 +191,9 @@ class IngestResult(BaseModel):
     stored: int = Field(description="Events stored by this request (committed before the response).")
     duplicates: int = Field(description="Events already stored earlier (same event_id), changed nothing.")
     errors: list[EventError] = Field(description="Invalid events, by index; nothing of them was stored.")
-    secrets_redacted: dict[str, int] = Field(description="Secrets replaced by placeholders, by kind.")
+    secrets_redacted: dict[str, int] = Field(
+        description="Secrets replaced by placeholders in the events this request stored, by kind."
+    )
 
 
 class GenerationOut(BaseModel):

@@ -71,9 +71,12 @@ def group_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
 
 
 @pytest.fixture(scope="module")
-def slow_window(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server whose writer waits 300 ms for company: requests sent together share one transaction."""
-    settings = settings_for(db_url, tmp_path_factory.mktemp("data"), group_commit_wait_ms=300)
+def groups_of_7(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose groups close when they hold 7 events (the window is long): 7 one-event requests sent
+    together share one transaction, however slowly they arrive."""
+    settings = settings_for(
+        db_url, tmp_path_factory.mktemp("data"), group_commit_wait_ms=30_000, group_commit_max_events=7
+    )
     srv, thread, url = start_server(settings)
     yield Server(url=url, db_url=db_url, settings=settings)
     srv.should_exit = True
@@ -110,15 +113,15 @@ def test_overlapping_requests_each_count_their_own_events(server, tenant):
     assert len(stored_ids(server.db_url, tenant)) == 51
 
 
-def test_invalid_events_in_a_shared_transaction_stay_with_their_request(slow_window, group_sizes):
-    tenant = make_tenant(slow_window)
+def test_invalid_events_in_a_shared_transaction_stay_with_their_request(groups_of_7, group_sizes):
+    tenant = make_tenant(groups_of_7)
     good = [new_id() for _ in range(5)]
     mixed, secret = new_id(), new_id()
     requests = [(tenant.ingest_key, [generation(gid)]) for gid in good]
     requests.append((tenant.ingest_key, [generation(mixed), feedback(mixed, "rating", 1, score=7)]))
     requests.append((tenant.ingest_key, [feedback(new_id(), "edited", 1)]))  # no final_text: nothing valid
     requests.append((tenant.ingest_key, [generation(secret, completion=f'TOKEN = "{GITHUB_TOKEN}"\n')]))
-    responses = post_all(slow_window, requests)
+    responses = post_all(groups_of_7, requests)
 
     assert [r.json()["stored"] for r in responses[:5]] == [1] * 5
     assert all(r.json()["errors"] == [] and r.json()["secrets_redacted"] == {} for r in responses[:5])
@@ -127,13 +130,13 @@ def test_invalid_events_in_a_shared_transaction_stay_with_their_request(slow_win
     assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, "events[1].score")]
     assert responses[6].status_code == 422 and "events[0].final_text" in responses[6].json()["detail"]
     assert responses[7].json()["secrets_redacted"] == {"github_token": 1}
-    assert len(stored_ids(slow_window.db_url, tenant)) == 7
+    assert len(stored_ids(groups_of_7.db_url, tenant)) == 7
     assert (7, True) in group_sizes  # all seven valid submissions in one transaction
 
 
-def test_a_failing_group_falls_back_to_one_transaction_per_request(slow_window, group_sizes, monkeypatch):
-    ok, broken = make_tenant(slow_window), make_tenant(slow_window)
-    with session_scope(slow_window.db_url) as session:
+def test_a_failing_group_falls_back_to_one_transaction_per_request(groups_of_7, group_sizes, monkeypatch):
+    ok, broken = make_tenant(groups_of_7), make_tenant(groups_of_7)
+    with session_scope(groups_of_7.db_url) as session:
         broken_id = session.scalar(select(Project.id).where(Project.name == broken.name))
     store = service.store
 
@@ -147,17 +150,17 @@ def test_a_failing_group_falls_back_to_one_transaction_per_request(slow_window, 
     requests = [(ok.ingest_key, [generation(gid)]) for gid in gids[:3]]
     requests.append((broken.ingest_key, [generation(new_id())]))
     requests += [(ok.ingest_key, [generation(gid)]) for gid in gids[3:]]
-    responses = post_all(slow_window, requests)
+    responses = post_all(groups_of_7, requests)
 
     assert [r.status_code for r in responses] == [200, 200, 200, 500, 200, 200, 200]
     assert all(r.json()["stored"] == 1 for i, r in enumerate(responses) if i != 3)
-    assert sorted(stored_ids(slow_window.db_url, ok)) == sorted(f"{gid}:gen" for gid in gids)
-    assert stored_ids(slow_window.db_url, broken) == []
+    assert sorted(stored_ids(groups_of_7.db_url, ok)) == sorted(f"{gid}:gen" for gid in gids)
+    assert stored_ids(groups_of_7.db_url, broken) == []
     assert group_sizes[0] == (7, False) and sorted(group_sizes[1:]) == [(1, False)] + [(1, True)] * 6
 
 
 def test_requests_waiting_when_the_server_stops_are_answered(db_url, tmp_path_factory):
-    settings = settings_for(db_url, tmp_path_factory.mktemp("data"), group_commit_wait_ms=1000)
+    settings = settings_for(db_url, tmp_path_factory.mktemp("data"), group_commit_wait_ms=3000)
     srv, thread, url = start_server(settings)
     server = Server(url=url, db_url=db_url, settings=settings)
     tenant = make_tenant(server)
@@ -174,8 +177,8 @@ def test_requests_waiting_when_the_server_stops_are_answered(db_url, tmp_path_fa
     deadline = time.monotonic() + 10
     while committer.waiting < len(gids) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not answers, "answered before the server was stopped: the test proves nothing"
-    srv.should_exit = True
+    assert committer.waiting == len(gids) and not answers, "not all waiting when stopped: the test proves nothing"
+    srv.should_exit = True  # uvicorn finishes the requests in flight, then stops the app (and its writers)
     for client in clients:
         client.join(timeout=30)
     thread.join(timeout=30)
@@ -216,3 +219,20 @@ def test_strings_too_short_to_scan_cannot_hold_a_secret():
     # service skips scrub_text on strings shorter than MIN_SECRET_CHARS: the shortest detectable secret must not be.
     assert scrub_text("://:" + "pw" + "@")[1] == {"connection_string_password": 1}
     assert len("://:pw@") == service.MIN_SECRET_CHARS
+
+
+def test_a_zero_window_commits_each_request_alone(db_url, group_sizes):
+    with session_scope(db_url) as session:
+        project_id = create_project(session, f"p-{new_id()}").id
+    principal = Principal(project_id=project_id, role=Role.ingest, key_id=0)
+    settings = settings_for(db_url, Path("unused"))
+    gid = new_id()
+    batches = [service.validate([generation(gid)], settings) for _ in range(5)]
+
+    async def run() -> list[Any]:
+        async with GroupCommitter(get_sessionmaker(db_url), 1000, max_wait_s=0, max_queued=10) as committer:
+            return await asyncio.gather(*(committer.submit(principal, batch) for batch in batches))
+
+    results = asyncio.run(run())
+    assert sorted(r.stored for r in results) == [0, 0, 0, 0, 1]
+    assert group_sizes == [(1, True)] * 5
