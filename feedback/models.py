@@ -4,12 +4,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import Base, BigId, UTCDateTime, utcnow
-
-Json = JSON().with_variant(JSONB(), "postgresql")
+from core.db import Base, BigId, Json, UTCDateTime, utcnow
 
 
 class FeedbackEvent(Base):

@@ -3,13 +3,11 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import Base, BigId, UTCDateTime
+from core.db import Base, BigId, Json, UTCDateTime
 
-Json = JSON().with_variant(JSONB(), "postgresql")
 ACTIVE = ("queued", "running")
 
 
