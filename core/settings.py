@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     max_future_skew_s: int = Field(86_400, ge=0, description="How far in the future occurred_at may be.")
     min_occurred_year: int = Field(2000, description="occurred_at before this year is refused as absurd.")
 
+    artifacts_dir: Path | None = Field(
+        None,
+        description="Where adapter versions are stored (a shared volume in production); unset: data_dir/artifacts.",
+    )
+    run_heartbeat_stale_s: float = Field(
+        600, gt=0, description="A running training run silent this long is taken for dead (its worker was killed)."
+    )
+    run_max_attempts: int = Field(2, ge=1, description="Times a run is started before a dead worker fails it.")
+
     auth_cache_ttl_s: float = Field(30.0, ge=0, description="How long a verified API key is cached in-process.")
     db_pool_size: int = Field(10, gt=0, description="Connections per process (Postgres).")
 
@@ -77,6 +86,10 @@ class Settings(BaseSettings):
         if self.broker_url is None:
             return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
         return self.broker_url
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
 
     @property
     def is_embedded(self) -> bool:

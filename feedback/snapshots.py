@@ -362,3 +362,16 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> None:
     for name in names:
         if isinstance(name, str) and _EXPORT_NAME.match(name) and name not in keep:
             (out_dir / name).unlink(missing_ok=True)
+
+
+def snapshot_records(
+    session: Session, snapshot_id: int, kinds: tuple[str, ...], split: str, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """A snapshot's rows of some kinds and one split, as the TRL records `export_snapshot` writes (same order)."""
+    family = next(f for f, members in FAMILIES.items() if set(kinds) <= set(members))
+    records = []
+    for row in _snapshot_rows(session, snapshot_id, _SNAP_ROWS.c.kind.in_(kinds), _SNAP_ROWS.c.split == split):
+        records.append(_record(family, row))
+        if limit is not None and len(records) >= limit:
+            break
+    return records

@@ -1,6 +1,7 @@
 """The retraining trigger: after a project's rows are built, start a run when enough rows are new since the last
 snapshot, or when its timetable says so. One active run per project, however many triggers fire at once (a
-partial unique index decides). Until training lands, a run is a snapshot plus a queued run row."""
+partial unique index decides). A triggered run is a snapshot plus a queued `pipeline` run (reward model -> policy
+-> evaluation -> version -> promotion if the project allows it), nudged to the `gpu` queue after the commit."""
 
 from datetime import datetime, timedelta
 
@@ -10,8 +11,10 @@ from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from core.projects import Project
+from core.queue import send_after_commit
 from feedback.models import DatasetSnapshot, TrainingRow
 from feedback.snapshots import cut_snapshot, dataset_config
+from trainers.config import model_settings, run_config
 from trainers.models import ACTIVE, TrainingRun
 
 
@@ -47,13 +50,18 @@ def start_run(session: Session, project_id: int, trigger: str, now: datetime | N
     try:
         with session.begin_nested():
             snapshot = cut_snapshot(session, project_id, now=now)
+            project = session.get(Project, project_id)
+            assert project is not None
+            config = run_config("pipeline", model_settings(project.settings).pipeline)
             run = TrainingRun(
                 project_id=project_id,
                 kind="pipeline",
                 status="queued",
                 trigger=trigger,
                 snapshot_id=snapshot.id,
-                config={},
+                config=config.model_dump(mode="json"),
+                attempts=0,
+                version_ids=[],
                 progress={},
                 metrics={},
                 created_at=now,
@@ -62,6 +70,7 @@ def start_run(session: Session, project_id: int, trigger: str, now: datetime | N
             session.flush()
     except IntegrityError:
         return None  # another trigger got there first: the unique index keeps one active run
+    send_after_commit(session, "trainers.run_training", run.id, queue="gpu")
     return run
 
 
