@@ -11,8 +11,9 @@ from sqlalchemy import text
 from api import errors
 from api.deps import KeyCache, SessionDep
 from api.group_commit import GroupCommitter
-from api.routes import datasets, events, generations, integrations
+from api.routes import adapters, datasets, events, generations, integrations, project, runs
 from core.db import get_sessionmaker
+from core.queue import configure as configure_queue
 from core.settings import Settings, get_settings
 
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    configure_queue(settings)  # runs are queued from requests: messages go to this settings' broker
     app.state.sessions = get_sessionmaker(settings.sqlalchemy_url, settings.db_pool_size)
     app.state.key_cache = KeyCache(settings.auth_cache_ttl_s)
     errors.install(app)
@@ -50,6 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(integrations.router)
     app.include_router(generations.router)
     app.include_router(datasets.router)
+    app.include_router(runs.router)
+    app.include_router(adapters.router)
+    app.include_router(project.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -1,12 +1,13 @@
 """The `editloop` command line."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from api.cli_common import console, err, fail, project_scope, ready_schema
 from api.cli_datasets import datasets_app
+from api.cli_training import adapters_app, runs_app, train
 from core import migrate
 from core.db import session_scope
 from core.errors import EditloopError
@@ -26,6 +27,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(runs_app, name="runs")
+app.add_typer(adapters_app, name="adapters")
+app.command("train")(train)
 
 
 @db_app.command("upgrade")
@@ -66,7 +70,9 @@ def serve(
     ready_schema(settings)
     helper = None
     if settings.is_embedded if background is None else background:
-        helper = subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--beat", "--queues", "default"])
+        helper = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "worker", "--beat", "--queues", "default,gpu", "--concurrency", "2"]
+        )
         console.print(f"background worker and schedule: pid {helper.pid}, broker {settings.celery_broker_url}")
     console.print(f"editloop collector on http://{host}:{port} (database: {_where(settings)})")
     try:
@@ -165,51 +171,67 @@ def projects_exclude(
 def projects_set(
     name: Annotated[str, typer.Argument(help="Project name.")],
     assignments: Annotated[
-        list[str], typer.Argument(help="dataset.FIELD=VALUE pairs, e.g. dataset.eval_fraction=0.2; VALUE is JSON.")
+        list[str],
+        typer.Argument(
+            help="SECTION.FIELD=VALUE pairs, e.g. model.base_model=./tiny-model or dataset.eval_fraction=0.2;"
+            " VALUE is JSON or a bare word; `null` unsets."
+        ),
     ],
 ) -> None:
-    """Change a project's settings (the dataset gates, split and retraining trigger); `projects show` lists them."""
+    """Change a project's settings: model.* (base model, auto-promotion) and dataset.* (gates, split, retraining
+    trigger). `projects show` lists them all."""
     import json
 
     from pydantic import ValidationError
 
-    from feedback.config import DatasetConfig
-
+    sections = _setting_sections()
     with project_scope(name) as (_, project):
-        dataset = dict((project.settings or {}).get("dataset", {}))
+        current = {section: dict((project.settings or {}).get(section, {})) for section in sections}
         for item in assignments:
             key, sep, raw = item.partition("=")
             section, _, field = key.partition(".")
-            if not sep or section != "dataset" or field not in DatasetConfig.model_fields:
-                raise fail(
-                    f"{key}: expected dataset.FIELD=VALUE with FIELD one of {sorted(DatasetConfig.model_fields)}"
-                )
+            if not sep or section not in sections or field not in sections[section].model_fields:
+                known = [f"{s}.{f}" for s, model in sections.items() for f in model.model_fields]
+                raise fail(f"{key}: expected SECTION.FIELD=VALUE with SECTION.FIELD one of {', '.join(known)}")
             try:
-                dataset[field] = json.loads(raw)
+                value = json.loads(raw)
             except json.JSONDecodeError:
-                dataset[field] = raw  # a bare word, e.g. split_by=user
-        try:
-            DatasetConfig.model_validate(dataset)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise fail(f"dataset.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-        project.settings = {**(project.settings or {}), "dataset": dataset}
-    console.print(f"project {name}: " + ", ".join(f"dataset.{k}={v!r}" for k, v in dataset.items()))
+                value = raw  # a bare word, e.g. split_by=user or a model path
+            if value is None:
+                current[section].pop(field, None)
+            else:
+                current[section][field] = value
+        for section, model in sections.items():
+            try:
+                model.model_validate(current[section])
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise fail(f"{section}.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        stored = {s: values for s, values in current.items() if values or s in (project.settings or {})}
+        project.settings = {**(project.settings or {}), **stored}
+    changed = [f"{s}.{k}={v!r}" for s in sections for k, v in current[s].items()]
+    console.print(f"project {name}: " + (", ".join(changed) or "all defaults"))
+
+
+def _setting_sections() -> dict[str, Any]:
+    from feedback.config import DatasetConfig
+    from trainers.config import ModelSettings
+
+    return {"model": ModelSettings, "dataset": DatasetConfig}
 
 
 @projects_app.command("show")
 def projects_show(name: Annotated[str, typer.Argument(help="Project name.")]) -> None:
     """Show a project's settings, defaults included."""
-    from feedback.config import DatasetConfig
-
     with project_scope(name) as (_, project):
-        overrides = (project.settings or {}).get("dataset", {})
-        config = DatasetConfig.model_validate(overrides)
         table = Table("setting", "value", "", "meaning", title=f"project {name}")
         table.add_row("excluded_paths", " ".join(project.excluded_paths or []) or "-", "", "never stored")
-        for field, info in DatasetConfig.model_fields.items():
-            mark = "set" if field in overrides else "default"
-            table.add_row(f"dataset.{field}", repr(getattr(config, field)), mark, info.description or "")
+        for section, model in _setting_sections().items():
+            overrides = (project.settings or {}).get(section, {})
+            config = model.model_validate(overrides)
+            for field, info in model.model_fields.items():
+                mark = "set" if field in overrides else "default"
+                table.add_row(f"{section}.{field}", repr(getattr(config, field)), mark, info.description or "")
     console.print(table)
 
 

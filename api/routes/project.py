@@ -1,0 +1,58 @@
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import AdminKey, SessionDep
+from core.errors import NotFound
+from core.projects import Project
+from feedback.snapshots import dataset_config
+from trainers.config import model_settings
+
+router = APIRouter(tags=["project"])
+
+
+class SettingsPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: dict[str, Any] | None = Field(None, description="Fields of the model settings to change (null unsets).")
+    dataset: dict[str, Any] | None = Field(None, description="Fields of the dataset settings to change.")
+
+
+class SettingsOut(BaseModel):
+    name: str
+    model: dict[str, Any]
+    dataset: dict[str, Any]
+
+
+def _out(project: Project) -> SettingsOut:
+    return SettingsOut(
+        name=project.name,
+        model=model_settings(project.settings).model_dump(mode="json"),
+        dataset=dataset_config(project).model_dump(mode="json"),
+    )
+
+
+@router.get("/v1/project/settings", summary="The project's model and dataset settings, defaults included")
+def get_settings(session: SessionDep, key: AdminKey) -> SettingsOut:
+    project = session.get(Project, key.project_id)
+    if project is None:
+        raise NotFound("project does not exist")
+    return _out(project)
+
+
+@router.patch("/v1/project/settings", summary="Change model settings (base model, auto-promotion) or dataset gates")
+def patch_settings(body: SettingsPatch, session: SessionDep, key: AdminKey) -> SettingsOut:
+    project = session.get(Project, key.project_id)
+    if project is None:
+        raise NotFound("project does not exist")
+    settings = dict(project.settings or {})
+    for section, changes in (("model", body.model), ("dataset", body.dataset)):
+        if changes is None:
+            continue
+        merged = {**settings.get(section, {}), **changes}
+        settings[section] = {k: v for k, v in merged.items() if v is not None}
+    project.settings = settings
+    out = _out(project)  # validates both sections; a bad field is a 422 naming it
+    session.commit()
+    return out

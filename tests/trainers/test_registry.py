@@ -1,0 +1,196 @@
+"""The adapter registry without training: publishing, checksums, the promotion gate, aliases and their history."""
+
+import json
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from core import artifacts
+from core.db import session_scope
+from core.errors import Conflict, InvalidInput, NotFound
+from core.projects import create_project
+from trainers import gate, registry
+from trainers.models import AdapterAlias, AliasEvent
+
+
+def project(url: str) -> int:
+    with session_scope(url) as session:
+        return create_project(session, f"r-{uuid.uuid4().hex[:10]}").id
+
+
+def evaluated(distances: list[float], parses: list[float] | None = None, prefix: str = "k") -> dict:
+    rows = []
+    for i, d in enumerate(distances):
+        row = {"key": f"{prefix}{i}", "distance": d}
+        if parses is not None:
+            row["parses"] = parses[i]
+        rows.append(row)
+    return {"eval": {"per_example": rows}}
+
+
+def publish(url: str, root: Path, project_id: int, metrics: dict | None = None, kind: str = "policy"):
+    staging = artifacts.staging_dir(root / "staging", "test")
+    (staging / "adapter_config.json").write_text(json.dumps({"r": 8, "nonce": uuid.uuid4().hex}))
+    (staging / "adapter_model.safetensors").write_bytes(uuid.uuid4().bytes * 100)
+    with session_scope(url) as session:
+        version = registry.register(
+            session,
+            root,
+            project_id,
+            staging,
+            kind=kind,
+            method="dpo" if kind == "policy" else "reward",
+            run_id=None,
+            snapshot=None,
+            parent=None,
+            base_model="tiny",
+            base_revision=None,
+            config={"seed": 0},
+            metrics=metrics if metrics is not None else evaluated([0.3] * 20),
+        )
+        return version.name
+
+
+def test_versions_are_numbered_published_and_verified(db_url: str, tmp_path: Path) -> None:
+    pid = project(db_url)
+    names = [publish(db_url, tmp_path, pid) for _ in range(3)]
+    assert names == ["v1", "v2", "v3"]
+    with session_scope(db_url) as session:
+        version = registry.get_version(session, pid, "v2")
+        path = registry.verified_path(version)
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert set(manifest["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
+        assert manifest["lineage"]["base_model"] == "tiny" and manifest["lineage"]["code_revision"]
+        assert manifest["lineage"]["libraries"]["torch"]
+        assert [v.name for v in registry.list_versions(session, pid)] == ["v3", "v2", "v1"]
+    assert not list((tmp_path / "staging").iterdir())  # staging renamed away, nothing left behind
+
+    (path / "adapter_model.safetensors").write_bytes(b"tampered")
+    with session_scope(db_url) as session, pytest.raises(artifacts.ChecksumMismatch, match="sha256 differs"):
+        registry.verified_path(registry.get_version(session, pid, "v2"))
+    (path / "extra.bin").write_bytes(b"x")
+    with pytest.raises(artifacts.ChecksumMismatch):
+        artifacts.verify(path)
+
+
+def test_an_unregistered_directory_is_set_aside_not_served(db_url: str, tmp_path: Path) -> None:
+    """A crash after publishing but before the row committed leaves a directory no row points at."""
+    pid = project(db_url)
+    orphan = registry.project_dir(tmp_path, pid) / "v1"
+    orphan.mkdir(parents=True)
+    (orphan / "adapter_model.safetensors").write_bytes(b"half a run")
+    assert publish(db_url, tmp_path, pid) == "v1"
+    with session_scope(db_url) as session:
+        registry.verified_path(registry.get_version(session, pid, "v1"))
+    assert any(p.name.startswith(".tmp-orphan-v1") for p in orphan.parent.iterdir())
+
+
+def test_promotion_gate_refuses_a_worse_version_unless_forced_with_a_reason(db_url: str, tmp_path: Path) -> None:
+    pid = project(db_url)
+    good = publish(db_url, tmp_path, pid, evaluated([0.2 + 0.01 * (i % 5) for i in range(30)], [1.0] * 30))
+    worse = publish(db_url, tmp_path, pid, evaluated([0.5 + 0.01 * (i % 5) for i in range(30)], [1.0] * 30))
+    broken = publish(db_url, tmp_path, pid, evaluated([0.2 + 0.01 * (i % 5) for i in range(30)], [0.0] * 30))
+    similar = publish(db_url, tmp_path, pid, evaluated([0.2 + 0.01 * ((i + 2) % 5) for i in range(30)], [1.0] * 30))
+    with session_scope(db_url) as session:
+        event = registry.promote(session, pid, good, actor="alice", reason="first")
+        assert event.gate["passed"] and event.previous_version_id is None
+    with session_scope(db_url) as session, pytest.raises(Conflict, match="edit replay distance is higher"):
+        registry.promote(session, pid, worse, actor="alice")
+    with session_scope(db_url) as session, pytest.raises(Conflict, match="parse rate is lower"):
+        registry.promote(session, pid, broken, actor="alice")
+    with session_scope(db_url) as session, pytest.raises(InvalidInput, match="reason"):
+        registry.promote(session, pid, worse, actor="alice", force=True)
+    with session_scope(db_url) as session:
+        event = registry.promote(session, pid, similar, actor="bob", reason="same within noise")
+        assert event.gate["passed"] and event.gate["edit_distance"]["paired"]
+    with session_scope(db_url) as session:
+        event = registry.promote(session, pid, worse, actor="carol", reason="incident 42", force=True)
+        assert event.forced and not event.gate["passed"]
+        assert registry.get_version(session, pid, "production").name == worse
+
+    with session_scope(db_url) as session:
+        registry.rollback(session, pid, actor="dave", reason="bad canary numbers")
+        assert registry.get_version(session, pid, "production").name == similar
+        history = registry.history(session, pid, "production")
+        assert [(e.action, e.actor) for e in history] == [
+            ("rollback", "dave"),
+            ("promote", "carol"),
+            ("promote", "bob"),
+            ("promote", "alice"),
+        ]
+        assert history[1].reason == "incident 42"
+
+
+def test_aliases_and_errors(db_url: str, tmp_path: Path) -> None:
+    pid = project(db_url)
+    with session_scope(db_url) as session:
+        with pytest.raises(NotFound):
+            registry.get_version(session, pid, "production")
+        with pytest.raises(NotFound):
+            registry.rollback(session, pid, actor="x")
+    v1 = publish(db_url, tmp_path, pid)
+    reward = publish(db_url, tmp_path, pid, kind="reward")
+    unevaluated = publish(db_url, tmp_path, pid, metrics={})
+    with session_scope(db_url) as session:
+        with pytest.raises(InvalidInput, match="reward model"):
+            registry.promote(session, pid, reward, actor="x")
+        with pytest.raises(InvalidInput, match="alias"):
+            registry.promote(session, pid, v1, alias="staging", actor="x")
+        with pytest.raises(Conflict, match="no evaluation"):
+            registry.promote(session, pid, unevaluated, actor="x")
+        registry.promote(session, pid, v1, alias="canary", actor="x")
+    with session_scope(db_url) as session, pytest.raises(Conflict, match="already points"):
+        registry.promote(session, pid, v1, alias="canary", actor="x")
+    with session_scope(db_url) as session, pytest.raises(Conflict, match="no earlier version"):
+        registry.rollback(session, pid, alias="canary", actor="x")
+    other = project(db_url)
+    with session_scope(db_url) as session, pytest.raises(NotFound):
+        registry.get_version(session, other, v1)  # another project's version is not found, never served
+
+
+def test_concurrent_promotions_leave_exactly_one_production(pg_url: str, tmp_path: Path) -> None:
+    pid = project(pg_url)
+    names = [publish(pg_url, tmp_path, pid) for _ in range(6)]
+    barrier = threading.Barrier(len(names))
+    errors: list[Exception] = []
+
+    def promote(name: str) -> None:
+        barrier.wait()
+        try:
+            with session_scope(pg_url) as session:
+                registry.promote(session, pid, name, actor=f"t-{name}", reason="race")
+        except Exception as exc:  # noqa: BLE001 (collected and checked below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=promote, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with session_scope(pg_url) as session:
+        rows = session.query(AdapterAlias).filter_by(project_id=pid, alias="production").all()
+        assert len(rows) == 1
+        events = session.query(AliasEvent).filter_by(project_id=pid).order_by(AliasEvent.id).all()
+        assert len(events) == 6
+        # Serialized: each move saw the previous one, so the chain of previous versions has no gaps or forks.
+        assert events[0].previous_version_id is None
+        for before, after in zip(events, events[1:], strict=False):
+            assert after.previous_version_id == before.version_id
+        assert rows[0].version_id == events[-1].version_id
+
+
+def test_gate_statistics() -> None:
+    same = gate.bootstrap_difference([0.3] * 10, [0.3] * 10, paired=True)
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0
+    worse = gate.check(evaluated([0.6] * 10 + [0.7] * 10), evaluated([0.3] * 10 + [0.4] * 10))
+    assert not worse["passed"] and worse["edit_distance"]["worse"] and worse["edit_distance"]["paired"]
+    better = gate.check(evaluated([0.1] * 20), evaluated([0.3] * 20))
+    assert better["passed"]
+    # Different eval examples: compared as independent samples.
+    unpaired = gate.check(evaluated([0.6] * 20, prefix="a"), evaluated([0.3] * 20, prefix="b"))
+    assert not unpaired["edit_distance"]["paired"] and not unpaired["passed"]
+    assert gate.check(evaluated([0.5] * 3), None)["passed"]
+    assert not gate.check({}, evaluated([0.5] * 3))["passed"]

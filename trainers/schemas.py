@@ -1,0 +1,98 @@
+"""Wire types of training runs, adapter versions and alias moves."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="reward | dpo | combined | kto | sft | pipeline")
+    snapshot_id: int | None = Field(None, description="Dataset snapshot to train on; default: a new one cut now.")
+    config: dict[str, Any] = Field({}, description="Overrides of the kind's run config; unknown fields are refused.")
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    trigger: str
+    snapshot_id: int | None
+    config: dict[str, Any] = Field(description="The full run config, defaults filled in.")
+    progress: dict[str, Any] = Field(description="stage, step, total, eta_s")
+    metrics: dict[str, Any] = Field(description="live: the latest training logs; at the end, train and eval figures.")
+    error: str | None
+    attempts: int
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    version_ids: list[int]
+
+
+class RunList(BaseModel):
+    items: list[RunOut]
+
+
+class VersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    kind: str = Field(description="policy | reward")
+    method: str
+    run_id: int | None
+    snapshot_id: int | None
+    parent_id: int | None
+    base_model: str
+    manifest_sha256: str
+    created_at: datetime
+    aliases: list[str] = []
+
+
+class VersionDetail(VersionOut):
+    manifest: dict[str, Any] = Field(description="Lineage, config, metrics and the sha256 of every file.")
+
+
+class VersionList(BaseModel):
+    items: list[VersionOut]
+    aliases: dict[str, str] = Field(description="alias -> version name")
+
+
+class PromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: Literal["production", "canary"] = "production"
+    reason: str | None = Field(None, max_length=2000)
+    force: bool = Field(False, description="Promote even if the gate refuses; needs a reason, which is recorded.")
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=2000)
+    to: str | None = Field(None, description="Version to point at; default: the one the alias held before.")
+
+
+class AliasEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    alias: str
+    action: str
+    version: str
+    previous_version: str | None
+    actor: str
+    reason: str | None
+    forced: bool
+    gate: dict[str, Any]
+    created_at: datetime
+
+
+class AliasEventList(BaseModel):
+    items: list[AliasEventOut]
