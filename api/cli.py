@@ -7,7 +7,7 @@ from rich.table import Table
 
 from api.cli_common import console, err, fail, project_scope, ready_schema
 from api.cli_datasets import datasets_app
-from api.cli_training import adapters_app, runs_app, train
+from api.cli_training import adapters_app, model_app, runs_app, train
 from core import migrate
 from core.db import session_scope
 from core.errors import EditloopError
@@ -29,6 +29,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(runs_app, name="runs")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(model_app, name="model")
 app.command("train")(train)
 
 

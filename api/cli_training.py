@@ -59,7 +59,7 @@ def train(
 
         configure(settings)
     with project_scope(project) as (session, found):
-        run = runs.create_run(session, found.id, kind, overrides, snapshot_id=snapshot, actor=ME)
+        run = runs.create_run(session, found.id, kind, overrides, snapshot_id=snapshot, actor=ME, nudge=not local)
         run_id, project_id = run.id, found.id
     console.print(f"run {run_id} ({kind}) queued on snapshot {run.snapshot_id}")
     url = settings.sqlalchemy_url
@@ -297,3 +297,37 @@ def adapters_download(
         except registry.artifacts.ChecksumMismatch as exc:
             raise fail(f"{version.name} failed its checksum check: {exc}") from None
     console.print(f"{version.name} -> {target}")
+
+
+model_app = typer.Typer(help="Base models.", no_args_is_help=True)
+
+
+@model_app.command("bootstrap")
+def model_bootstrap(
+    out: Annotated[Path, typer.Option(help="Directory to write the model and tokenizer into.")],
+    seconds: Annotated[float, typer.Option(min=1, help="Pretraining time budget.")] = 120,
+    documents: Annotated[int, typer.Option(min=100, help="Synthetic Python documents to train on.")] = 30_000,
+    seed: Annotated[int, typer.Option(help="Seed for the corpus, the weights and the data order.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a previous bootstrap output in --out.")] = False,
+) -> None:
+    """Build a small local code model: a tokenizer trained on a generated Python corpus whose style varies along
+    independent axes (naming, type hints, quotes, f-strings, docstrings), and a brief pretraining so that its
+    samples look like code. Point a project at it with `editloop projects set NAME model.base_model=DIR`."""
+    from trainers.bootstrap import BootstrapConfig, bootstrap
+
+    config = BootstrapConfig(seconds=seconds, documents=documents, seed=seed)
+    columns = (TextColumn("pretraining"), BarColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task("pretraining", total=seconds, info="building the corpus and tokenizer")
+
+        def report(step: int, total: int | None, logs: dict[str, Any]) -> None:
+            loss = logs.get("loss")
+            info = f"step {step}" + (f"  loss {loss:.3f}" if loss is not None else "")
+            bar.update(task, completed=min(float(logs.get("seconds") or 0), seconds), info=info)
+
+        try:
+            meta = bootstrap(out, config, report, overwrite=overwrite)
+        except (ValueError, FileExistsError) as exc:
+            raise fail(str(exc)) from None
+    loss = meta.get("final_loss") or meta.get("loss")
+    console.print(f"model written to {out} ({meta.get('steps')} steps, loss {loss})")

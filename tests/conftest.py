@@ -141,3 +141,17 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if var.startswith("EDITLOOP_") and var != "EDITLOOP_TEST_PG":
             monkeypatch.delenv(var)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def test_broker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("broker")
+
+
+@pytest.fixture(autouse=True)
+def _test_broker(test_broker_dir: Path) -> None:
+    """Messages sent after a commit (a queued run, a re-queued one) go to a SQLite broker of this test session, not
+    to whatever the last test configured or to Celery's default of an AMQP server on localhost."""
+    from core.queue import configure
+
+    configure(Settings(data_dir=test_broker_dir))

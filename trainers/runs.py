@@ -42,8 +42,10 @@ def create_run(
     actor: str | None = None,
     trigger: str = "manual",
     now: datetime | None = None,
+    nudge: bool = True,
 ) -> TrainingRun:
-    """Queue a run of `kind` on a snapshot (default: a new snapshot of the project's current rows)."""
+    """Queue a run of `kind` on a snapshot (default: a new snapshot of the project's current rows). With `nudge`,
+    a message for a `gpu` worker is sent after the commit; without it, the caller executes the run itself."""
     now = now or utcnow()
     config = run_config(kind, overrides)
     project = session.get(Project, project_id)
@@ -87,7 +89,8 @@ def create_run(
         if isinstance(exc, IntegrityError):
             raise Conflict("the project already has an active run; one at a time") from None
         raise
-    send_after_commit(session, TASK, run.id, queue="gpu")
+    if nudge:
+        send_after_commit(session, TASK, run.id, queue="gpu")
     return run
 
 
