@@ -1,13 +1,14 @@
 """What a run does once claimed: load its snapshot, train (a reward model, a policy, or the whole pipeline),
 evaluate, register. Called by trainers.runs.execute with no transaction open; each database touch is short."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.db import session_scope
 from core.errors import InvalidInput
-from core.ml import load_model, load_tokenizer, offline_env, resolve_quantization, set_threads
+from core.ml import Trained, load_model, load_tokenizer, offline_env, resolve_quantization, set_threads
 from core.projects import Project
 from core.settings import Settings
 from feedback.snapshots import get_snapshot
@@ -19,7 +20,7 @@ from trainers.data import as_text, load_rows
 from trainers.methods import dpo, kto, sft
 from trainers.models import TrainingRun
 
-METHODS = {"dpo": dpo.train, "combined": dpo.train, "kto": kto.train, "sft": sft.train}
+METHODS: dict[str, Callable[..., Trained]] = {"dpo": dpo.train, "combined": dpo.train, "kto": kto.train, "sft": sft.train}
 FAMILY = {"dpo": "preference", "combined": "preference", "kto": "kto", "sft": "sft"}
 
 

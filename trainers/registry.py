@@ -248,8 +248,9 @@ def rollback(
         )
         if last is None or last.previous_version_id is None:
             raise Conflict(f"{alias} has no earlier version to roll back to")
-        target = session.get(AdapterVersion, last.previous_version_id)
-        assert target is not None
+        previous = session.get(AdapterVersion, last.previous_version_id)
+        assert previous is not None
+        target = previous
     if target.id == current.id:
         raise Conflict(f"{alias} already points at {target.name}")
     return _move(session, project_id, alias, target, current, "rollback", actor, reason, False, {}, now)

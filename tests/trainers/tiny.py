@@ -89,7 +89,15 @@ def style_events(n: int, axis: str = "type_hints", value: object = True, seed: i
     return events
 
 
-def style_project(url: str, model_dir: Path, n: int = 60, settings: dict | None = None, **dataset: object) -> int:
+def style_project(
+    url: str,
+    model_dir: Path,
+    n: int = 60,
+    settings: dict | None = None,
+    axis: str = "type_hints",
+    value: object = True,
+    **dataset: object,
+) -> int:
     """A project with `n` edited generations, its rows built; returns its id."""
     with session_scope(url) as session:
         project = create_project(session, f"m-{uuid.uuid4().hex[:10]}")
@@ -98,7 +106,7 @@ def style_project(url: str, model_dir: Path, n: int = 60, settings: dict | None 
             "dataset": {"eval_fraction": 0.2, **dataset},
         }
         project_id = project.id
-    events = style_events(n)
+    events = style_events(n, axis, value)
     with session_scope(url) as session:
         for start in range(0, len(events), 500):
             ingest(session, project_id, events[start : start + 500], Settings())
