@@ -232,3 +232,30 @@ def test_qlora_4bit_base_on_the_cpu(sqlite_url: str, model_dir: Path, tmp_path: 
         path = registry.verified_path(version)
     assert lora_b_norm(path) > 0
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), path)  # loads on a full base too
+
+
+def test_the_scheduled_trigger_runs_the_pipeline_and_auto_promotes(
+    sqlite_url: str, model_dir: Path, tmp_path: Path
+) -> None:
+    from trainers.pipeline import check_trigger
+
+    url = sqlite_url
+    project_id = style_project(
+        url,
+        model_dir,
+        n=30,
+        settings={"auto_promote": "production", "pipeline": {"reward": FAST, "policy": FAST, "policy_kind": "sft"}},
+        retrain_min_new_rows=10,
+    )
+    with session_scope(url) as session:
+        run = check_trigger(session, project_id)
+        assert run is not None and run.kind == "pipeline" and run.config["policy"] == FAST
+        run_id = run.id
+    assert runs.execute(url, run_id, settings_for(url, tmp_path)) == "succeeded"
+    assert runs.execute(url, run_id, settings_for(url, tmp_path)) == "skipped"  # a duplicate message
+    with session_scope(url) as session:
+        run = runs.get_run(session, project_id, run_id)
+        assert run.metrics["promotion"]["promoted"], run.metrics["promotion"]
+        production = registry.get_version(session, project_id, "production")
+        assert production.id == run.version_ids[-1] and production.method == "sft"
+        assert registry.history(session, project_id)[0].actor == f"pipeline run {run_id}"
