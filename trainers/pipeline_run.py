@@ -20,7 +20,12 @@ from trainers.data import as_text, load_rows
 from trainers.methods import dpo, kto, sft
 from trainers.models import TrainingRun
 
-METHODS: dict[str, Callable[..., Trained]] = {"dpo": dpo.train, "combined": dpo.train, "kto": kto.train, "sft": sft.train}
+METHODS: dict[str, Callable[..., Trained]] = {
+    "dpo": dpo.train,
+    "combined": dpo.train,
+    "kto": kto.train,
+    "sft": sft.train,
+}
 FAMILY = {"dpo": "preference", "combined": "preference", "kto": "kto", "sft": "sft"}
 
 

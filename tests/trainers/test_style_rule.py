@@ -59,7 +59,8 @@ def test_reward_model_and_dpo_learn_a_style_rule(sqlite_url: str, tiny_model: Pa
     assert held_out["accuracy"] > 0.9, held_out
     assert abs(held_out["baselines"]["longer_wins"] - 0.5) < 0.2  # the rule is not a length rule
 
-    policy = train(sqlite_url, project_id, "dpo", tmp_path, max_steps=80, eval_examples=40, eval_max_new_tokens=160)
+    # 50 steps: by 80 the rule share reaches ~0.78 but the parse rate falls from 0.77 to 0.60 (over-optimisation).
+    policy = train(sqlite_url, project_id, "dpo", tmp_path, max_steps=50, eval_examples=40, eval_max_new_tokens=160)
     assert policy.metrics["eval"]["implicit_reward"]["accuracy"] > 0.8
 
     model = PeftModel.from_pretrained(load_model(str(tiny_model)), str(registry.verified_path(policy)))
