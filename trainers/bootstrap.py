@@ -260,7 +260,7 @@ def bootstrap(
 
     import datasets
     import torch
-    from transformers import PrinterCallback, set_seed
+    from transformers import PreTrainedModel, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -312,6 +312,7 @@ def bootstrap(
             trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not to stdout
             result = trainer.train()
         model = trainer.model
+        assert isinstance(model, PreTrainedModel)  # no PEFT here, so the trainer keeps the model it was given
         model.config.use_cache = True
         eval_loss = held_out_loss(model, tokenizer, held_out)
         steps = int(result.global_step)

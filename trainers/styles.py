@@ -24,8 +24,10 @@ import string
 import textwrap
 import tokenize
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from tokenize import DEDENT, ENDMARKER, INDENT, NAME, NEWLINE, NUMBER, STRING, TokenInfo
+from typing import Any
 
 AXES: dict[str, tuple] = {
     "naming": ("snake", "camel"),
@@ -591,10 +593,11 @@ def style_pair(rng: random.Random, axis: str, value: object) -> tuple[str, str, 
     are skipped, so the two sides always differ."""
     _check_value(axis, value)
     others = [v for v in AXES[axis] if v != value]
+    wanted: dict[str, Any] = {axis: value}  # Any: `value` was checked against AXES[axis] above
     for _ in range(1000):
         fn = sample_function(rng)
         base = random_style(rng)
-        chosen = render(fn, replace(base, **{axis: value}))
+        chosen = render(fn, replace(base, **wanted))
         rejected = render(fn, replace(base, **{axis: rng.choice(others)}))
         if follows(chosen, axis, value) and follows(rejected, axis, value) is False:
             return prompt_for(fn), chosen, rejected
@@ -741,7 +744,8 @@ def _def_at(toks: list[TokenInfo], k: int) -> list[_Def]:
     if k + 2 >= n or toks[k + 1].type != NAME or toks[k + 2].string != "(":
         return []
     d = _Def(keyword=k, name=k + 1, params=[])
-    depth, segment, j = 0, [], k + 3
+    segment: list[int] = []
+    depth, j = 0, k + 3
     while j < n:
         t = toks[j]
         if t.type in (NEWLINE, ENDMARKER) or (t.type == NAME and t.string == "def"):
@@ -1094,7 +1098,9 @@ def _to_fstring(src: _Source, i: int) -> tuple[_Edit | None, int]:
     index of the call's closing parenthesis."""
     toks, n = src.toks, len(src.toks)
     parts = _split_string(toks[i].string)
-    j, depth, args, current = i + 4, 0, [], []
+    args: list[list[int]] = []
+    current: list[int] = []
+    j, depth = i + 4, 0
     while j < n and toks[j].type not in (NEWLINE, ENDMARKER):
         s = toks[j].string
         if s in _OPENERS:
@@ -1136,7 +1142,9 @@ def _to_fstring(src: _Source, i: int) -> tuple[_Edit | None, int]:
         out.append(literal.replace("{", "{{").replace("}", "}}"))
         if field is None:
             continue
-        base, attrs = re.match(r"([^.\[]*)(.*)", field).groups()
+        m = re.match(r"([^.\[]*)(.*)", field)
+        assert m is not None  # both groups may be empty, so the pattern matches any field
+        base, attrs = m.groups()
         if "[" in attrs or (spec and "{" in spec):
             return None, j
         if base == "":
@@ -1329,12 +1337,12 @@ def _loop_targets(src: _Source, j: int, stop: int, known: dict[str, str]) -> Non
             targets.append(toks[k].string)
         k += 1
     rest = [t.string for t in toks[k + 1 : k + 6]]
-    if len(targets) == 1 and rest[:1] and _element(known.get(rest[0])) and rest[1:2] != ["."]:
-        known[targets[0]] = _element(known[rest[0]])
+    if len(targets) == 1 and rest[:1] and (element := _element(known.get(rest[0]))) and rest[1:2] != ["."]:
+        known[targets[0]] = element
     elif len(targets) == 2 and rest[:2] == ["enumerate", "("]:
         known[targets[0]] = "int"
-        if _element(known.get(rest[2])):
-            known[targets[1]] = _element(known[rest[2]])
+        if element := _element(known.get(rest[2])):
+            known[targets[1]] = element
     elif len(targets) == 2 and rest[1:4] == [".", "items", "("]:
         m = re.fullmatch(r"dict\[(\w+), (.+)\]", known.get(rest[0], ""))
         if m:
@@ -1393,7 +1401,9 @@ def _guess_returns(src: _Source, d: _Def, known: dict[str, str]) -> str:
     if found == {"int", "float"}:
         return "float"
     if len(found) == 1:
-        return found.pop()
+        only = found.pop()
+        assert only is not None  # None in found returned "object" above
+        return only
     if len(found) == 2 and "None" in found:
         return f"{(found - {'None'}).pop()} | None"
     return "object"
@@ -1422,6 +1432,7 @@ def _restyle_type_hints(code: str, target: bool) -> str:
     for d in src.defs:
         if d.colon is None:
             continue
+        assert d.close is not None  # _def_at sets colon only after close
         known = {}
         for index, p in enumerate(d.params):
             name = toks[p.name]
@@ -1470,6 +1481,7 @@ def _restyle_docstrings(code: str, target: bool) -> str:
     for d in src.defs:
         if not d.decidable_docstring:
             continue
+        assert d.body is not None  # _def_at sets decidable_docstring only with a body
         indent = toks[d.body].string
         line_start = src.starts[toks[d.body].start[0] - 1]
         if target and d.docstring is None:
@@ -1482,7 +1494,7 @@ def _restyle_docstrings(code: str, target: bool) -> str:
     return _apply(code, edits)
 
 
-_RESTYLERS = {
+_RESTYLERS: dict[str, Callable[[str, Any], str]] = {
     "naming": _restyle_naming,
     "type_hints": _restyle_type_hints,
     "quotes": _restyle_quotes,
