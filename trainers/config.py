@@ -6,7 +6,7 @@ fields; unknown fields and bad values are refused naming the field."""
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from core.errors import InvalidInput
 from core.ml import BaseRunConfig
@@ -26,6 +26,22 @@ class DPORunConfig(BaseRunConfig):
     pair_kinds: list[Literal["edit_pair", "choice_pair"]] = Field(
         ["edit_pair", "choice_pair"], description="Which preference rows to train on."
     )
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Pairs per forward pass; a step accumulates batch_size / micro_batch_size of them (the same "
+        "gradient, less activation memory and padding). None: on a GPU batch_size; on the CPU as many as keep a pass "
+        "within ~2M activation elements (tokens x hidden size x layers): the whole batch for a toy model, 1-2 pairs "
+        "from ~25M parameters up.",
+    )
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _divides_batch_size(cls, value: int | None, info: ValidationInfo) -> int | None:
+        batch_size = info.data.get("batch_size")
+        if value is not None and batch_size and batch_size % value:
+            raise ValueError(f"must divide batch_size ({batch_size})")
+        return value
 
 
 class CombinedRunConfig(DPORunConfig):
