@@ -74,6 +74,7 @@ def train(
             peft_config=None if continuing else lora_config(config, "CAUSAL_LM"),
         )
         tokenized = trainer.train_dataset
+        assert isinstance(tokenized, Dataset)  # we passed an in-memory Dataset; TRL maps it to another
         trainer.train_dataset = tokenized.add_column("length", _token_lengths(tokenized))
         metrics = fit(trainer, progress, config.batch_size)
     metrics["train_examples"] = len(records)
