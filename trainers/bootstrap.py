@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.ml import library_versions
 from trainers import styles
 
 # Read by huggingface_hub and tokenizers when they are first imported, so they are set before any import below.
@@ -121,23 +122,6 @@ def _threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _library_versions() -> dict[str, str]:
-    import datasets
-    import tokenizers
-    import torch
-    import transformers
-    import trl
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "tokenizers": tokenizers.__version__,
-        "datasets": datasets.__version__,
-    }
 
 
 def build_tokenizer(docs: list[str], vocab_size: int):
@@ -339,7 +323,7 @@ def bootstrap(
             "corpus": {"generator": "trainers.styles.corpus", "documents": config.documents, "seed": config.seed},
             "style_axes": {axis: list(values) for axis, values in styles.AXES.items()},
             "special_tokens": {"eos": EOS, "bos": EOS, "pad": PAD, "chat": CHAT_TOKENS},
-            "library_versions": _library_versions(),
+            "library_versions": {"python": platform.python_version(), **library_versions()},
         }
         build.mkdir()
         model.save_pretrained(build)

@@ -10,8 +10,7 @@ from sqlalchemy.orm import Session
 
 from feedback.models import Generation
 from feedback.snapshots import FAMILIES, get_snapshot, snapshot_records
-
-PYTHON_SUFFIXES = (".py", ".pyi")
+from trainers import evaluation
 
 
 def load_rows(
@@ -47,11 +46,8 @@ def _mark_python(session: Session, project_id: int, records: list[dict[str, Any]
 
 
 def is_python(language: str | None, file_path: str | None) -> bool | None:
-    if language:
-        return language.strip().lower() in ("python", "py", "python3")
-    if file_path:
-        return file_path.lower().endswith(PYTHON_SUFFIXES)
-    return None
+    """trainers.evaluation.is_python, or None when the generation names neither a language nor a file."""
+    return evaluation.is_python(language, file_path) if language or file_path else None
 
 
 def as_text(records: list[dict[str, Any]], tokenizer: Any, fields: tuple[str, ...]) -> list[dict[str, Any]]:

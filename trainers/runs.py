@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import artifacts
@@ -83,12 +84,8 @@ def create_run(
     session.add(run)
     try:
         session.flush()
-    except Exception as exc:  # the partial unique index: a concurrent create won
-        from sqlalchemy.exc import IntegrityError
-
-        if isinstance(exc, IntegrityError):
-            raise Conflict("the project already has an active run; one at a time") from None
-        raise
+    except IntegrityError:  # the partial unique index: a concurrent create won
+        raise Conflict("the project already has an active run; one at a time") from None
     if nudge:
         send_after_commit(session, TASK, run.id, queue="gpu")
     return run
