@@ -138,6 +138,18 @@ class ModelSettings(BaseModel):
     auto_promote: Literal["off", "canary", "production"] = Field(
         "off", description="After a scheduled run, move this alias to the new version if the promotion gate passes."
     )
+    canary_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of `production` requests the gateway serves with `canary`, if set."
+    )
+    canary_policy: Literal["off", "promote", "rollback", "both"] = Field(
+        "off",
+        description="From live feedback: promote a canary significantly better than production, roll back one "
+        "significantly worse, or both.",
+    )
+    canary_min_samples: int = Field(
+        50, ge=1, description="Generations with feedback each side needs before the canary policy decides."
+    )
+    canary_alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of the canary policy's test.")
 
 
 def model_settings(settings: dict[str, Any] | None) -> ModelSettings:
