@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -297,6 +298,91 @@ def adapters_download(
         except registry.artifacts.ChecksumMismatch as exc:
             raise fail(f"{version.name} failed its checksum check: {exc}") from None
     console.print(f"{version.name} -> {target}")
+
+
+SinceOpt = Annotated[
+    datetime | None, typer.Option(help="Only generations shown at or after this time (UTC), e.g. 2026-11-01T12:00:00.")
+]
+
+
+def _rate(r: dict[str, Any]) -> str:
+    if r["rate"] is None:
+        return "-"
+    return f"{r['rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}] ({r['successes']}/{r['n']})"
+
+
+def _mean(r: dict[str, Any]) -> str:
+    return "-" if r["mean"] is None else f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}] (n={r['n']})"
+
+
+@adapters_app.command("metrics")
+def adapters_metrics(
+    ref: Annotated[str, typer.Argument(help="Version name (v3), alias (production, canary) or base.")],
+    project: ProjectOpt,
+    since: SinceOpt = None,
+) -> None:
+    """Live metrics of a served version from the feedback on its own generations: acceptance rate (accepted and
+    never edited) and edit rate over the generations with feedback, with Wilson 95% intervals, and the mean
+    normalized edit distance of its edited generations with a bootstrap 95% interval."""
+    from trainers import live
+
+    with project_scope(project) as (session, found):
+        m = live.version_metrics(session, found.id, ref, since)
+    title = ref if ref == m["model"] else f"{ref} ({m['model']})"
+    table = Table("metric", "value", title=title + (f" since {m['since']:%Y-%m-%d %H:%M}" if since else ""))
+    for key in ("served", "with_feedback", "accepted", "edited", "rejected"):
+        table.add_row(key.replace("_", " "), str(m[key]))
+    table.add_row("acceptance rate", _rate(m["acceptance_rate"]))
+    table.add_row("edit rate", _rate(m["edit_rate"]))
+    table.add_row("edit distance", _mean(m["edit_distance"]))
+    console.print(table)
+
+
+@adapters_app.command("compare")
+def adapters_compare(
+    a: Annotated[str, typer.Argument(help="Version name, alias or base; verdicts are about this one.")],
+    b: Annotated[str, typer.Argument(help="Version name, alias or base to compare against.")],
+    project: ProjectOpt,
+    since: SinceOpt = None,
+    alpha: Annotated[float | None, typer.Option(help="Significance level; default: model.canary_alpha.")] = None,
+    min_samples: Annotated[
+        int | None, typer.Option(help="Observations each side needs; default: model.canary_min_samples.")
+    ] = None,
+) -> None:
+    """Compare two versions on live feedback, e.g. `editloop adapters compare canary production`: acceptance and
+    edit rates by a two-proportion z-test (Fisher's exact test for small counts), edit distances by a Mann-Whitney
+    U test. Each row names its test, statistic and p-value; the verdict is about A. The canary policy acts on the
+    acceptance rate's verdict."""
+    from trainers import live
+
+    with project_scope(project) as (session, found):
+        c = live.compare(session, found.id, a, b, since=since, alpha=alpha, min_samples=min_samples)
+    names = f"{a} ({c['a']['model']})", f"{b} ({c['b']['model']})"
+    table = Table(
+        "metric",
+        *names,
+        "difference",
+        "test",
+        "statistic",
+        "p-value",
+        "verdict",
+        title=f"{names[0]} vs {names[1]}, alpha {c['alpha']}, min samples {c['min_samples']}",
+    )
+    for metric, t in c["tests"].items():
+        side = (_rate(c["a"][metric]), _rate(c["b"][metric])) if metric != "edit_distance" else None
+        a_text, b_text = side or (_mean(c["a"]["edit_distance"]), _mean(c["b"]["edit_distance"]))
+        table.add_row(
+            metric.replace("_", " "),
+            a_text,
+            b_text,
+            "-" if t["difference"] is None else f"{t['difference']:+.3f}",
+            t["method"],
+            "-" if t["statistic"] is None else f"{t['statistic']:.4g}",
+            "-" if t["p_value"] is None else f"{t['p_value']:.4g}",
+            t["verdict"],
+        )
+    console.print(table)
+    console.print(f"verdict for {a}: {c['verdict']} (acceptance rate)")
 
 
 model_app = typer.Typer(help="Base models.", no_args_is_help=True)

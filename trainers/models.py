@@ -94,7 +94,7 @@ class AliasEvent(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     alias: Mapped[str] = mapped_column(String(32))
-    action: Mapped[str] = mapped_column(String(16))  # promote | rollback
+    action: Mapped[str] = mapped_column(String(16))  # promote | rollback | clear
     version_id: Mapped[int] = mapped_column(BigId, ForeignKey("adapter_versions.id"))
     previous_version_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("adapter_versions.id"))
     actor: Mapped[str] = mapped_column(String(200))

@@ -308,3 +308,41 @@ def copy_out(version: AdapterVersion, out_dir: Path) -> Path:
     shutil.copytree(source, target)
     artifacts.verify(target, version.manifest_sha256)
     return target
+
+
+def clear_alias(
+    session: Session,
+    project_id: int,
+    alias: str,
+    *,
+    actor: str,
+    reason: str,
+    gate: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> AliasEvent:
+    """Take `alias` away, so that it points at no version (the gateway then serves a cleared canary's share with
+    production). Recorded as a `clear` event whose `version_id` and `previous_version_id` are the version the alias
+    left. Never gated, like a rollback."""
+    if alias not in ALIASES:
+        raise InvalidInput(f"alias: {alias!r} is not one of {list(ALIASES)}")
+    _lock_project(session, project_id)
+    row = session.get(AdapterAlias, (project_id, alias))
+    if row is None:
+        raise NotFound(f"alias {alias!r} points at no version; nothing to clear")
+    now = now or utcnow()
+    event = AliasEvent(
+        project_id=project_id,
+        alias=alias,
+        action="clear",
+        version_id=row.version_id,
+        previous_version_id=row.version_id,
+        actor=actor,
+        reason=reason,
+        forced=False,
+        gate=gate or {},
+        created_at=now,
+    )
+    session.delete(row)
+    session.add(event)
+    session.flush()
+    return event

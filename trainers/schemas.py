@@ -96,3 +96,58 @@ class AliasEventOut(BaseModel):
 
 class AliasEventList(BaseModel):
     items: list[AliasEventOut]
+
+
+class RateOut(BaseModel):
+    rate: float | None = Field(description="successes / n; None when n is 0")
+    low: float | None = Field(description="Wilson score 95% interval")
+    high: float | None
+    successes: int
+    n: int = Field(description="Generations with feedback (accepted, rejected or edited)")
+
+
+class MeanOut(BaseModel):
+    mean: float | None
+    low: float | None = Field(description="95% interval of the mean")
+    high: float | None
+    n: int
+    method: str = Field(description="How the interval was computed")
+
+
+class LiveMetricsOut(BaseModel):
+    ref: str = Field(description="As asked: a version name, an alias or `base`")
+    model: str = Field(description="The version name (or `base`) that its generations carry")
+    since: datetime | None = Field(description="Only generations shown at or after this time")
+    served: int = Field(description="Generations it served")
+    with_feedback: int = Field(description="Of those, accepted, rejected or edited: the denominator of the rates")
+    accepted: int = Field(description="Accepted and never edited")
+    edited: int = Field(description="Edited (whatever the decision)")
+    rejected: int = Field(description="Rejected and never edited")
+    acceptance_rate: RateOut
+    edit_rate: RateOut
+    edit_distance: MeanOut = Field(description="Normalized Levenshtein distance of edited generations to their edit")
+
+
+class LiveTestOut(BaseModel):
+    metric: str
+    a: float | None
+    b: float | None
+    difference: float | None = Field(description="a - b")
+    higher_is_better: bool
+    n: list[int] = Field(description="Observations per side")
+    method: str = Field(description="The test used")
+    statistic: float | None = Field(description="z, the odds ratio (Fisher) or U of a (Mann-Whitney)")
+    p_value: float | None
+    verdict: Literal["better", "worse", "no significant difference", "not enough data"] = Field(
+        description="About a, at the comparison's alpha and min_samples"
+    )
+
+
+class LiveComparisonOut(BaseModel):
+    a: LiveMetricsOut
+    b: LiveMetricsOut
+    since: datetime | None
+    alpha: float
+    min_samples: int = Field(description="Observations each side needs before a test decides")
+    tests: dict[str, LiveTestOut] = Field(description="acceptance_rate, edit_rate, edit_distance")
+    verdict: str = Field(description="The acceptance rate's verdict, the one the canary policy acts on")

@@ -1,14 +1,22 @@
 """Thin Celery wrappers over the retraining pipeline; tests call the functions directly."""
 
+import logging
+from collections.abc import Sequence
+from typing import Any
+
 from sqlalchemy import select
 
 from core.db import session_scope
+from core.errors import EditloopError
 from core.projects import Project
 from core.queue import celery_app
 from core.settings import get_settings
 from feedback.tasks import build_project_rows
-from trainers import runs
+from trainers import live, runs
+from trainers.config import model_settings
 from trainers.pipeline import check_trigger
+
+log = logging.getLogger(__name__)
 
 
 def refresh_project(url: str, project_id: int) -> int | None:
@@ -25,15 +33,37 @@ def refresh_project_task(project_id: int) -> int | None:
     return refresh_project(get_settings().sqlalchemy_url, project_id)
 
 
+def canary_policies(url: str, projects: Sequence[tuple[int, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+    """Apply the canary policy of each project whose `model.canary_policy` is not off, one short transaction each,
+    so that one project's failure neither undoes nor stops another's. Returns the decisions taken."""
+    decisions = []
+    for project_id, project_settings in projects:
+        try:
+            if model_settings(project_settings).canary_policy == "off":
+                continue
+            with session_scope(url) as session:
+                decision = live.apply_canary_policy(session, project_id)
+        except EditloopError as exc:
+            log.warning("canary policy of project %s: %s", project_id, exc.detail)
+            continue
+        if decision["action"] != "none":
+            log.info("canary policy of project %s: %s: %s", project_id, decision["action"], decision["reason"])
+        decisions.append(decision)
+    return decisions
+
+
 @celery_app.task(name="trainers.schedule_tick")
 def schedule_tick() -> int:
-    """Beat's periodic nudge: one refresh message per project, so projects are refreshed in parallel."""
-    with session_scope(get_settings().sqlalchemy_url) as session:
+    """Beat's periodic nudge: one refresh message per project, so projects are refreshed in parallel; then the
+    canary policies (after the messages, so that a failing policy never holds a refresh back)."""
+    url = get_settings().sqlalchemy_url
+    with session_scope(url) as session:
         runs.reap(session)  # runs of killed workers: re-queued or failed
-        project_ids = list(session.scalars(select(Project.id).order_by(Project.id)))
-    for project_id in project_ids:
+        projects = [(p.id, p.settings) for p in session.scalars(select(Project).order_by(Project.id))]
+    for project_id, _ in projects:
         refresh_project_task.delay(project_id)
-    return len(project_ids)
+    canary_policies(url, projects)
+    return len(projects)
 
 
 @celery_app.task(name="trainers.run_training")

@@ -1,18 +1,21 @@
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.deps import AdminKey, SessionDep
-from trainers import registry
+from trainers import live, registry
 from trainers.models import AdapterVersion, AliasEvent
 from trainers.schemas import (
     AliasEventList,
     AliasEventOut,
+    LiveComparisonOut,
+    LiveMetricsOut,
     PromoteIn,
     RollbackIn,
     VersionDetail,
@@ -62,6 +65,30 @@ def list_adapters(session: SessionDep, key: AdminKey, kind: str | None = None) -
 @router.get("/v1/adapters/history", summary="Every promotion and rollback: who, when, why, what the gate said")
 def alias_history(session: SessionDep, key: AdminKey, alias: str | None = None) -> AliasEventList:
     return AliasEventList(items=[_event(session, e) for e in registry.history(session, key.project_id, alias)])
+
+
+Since = Annotated[
+    datetime | None, Query(description="Only generations shown at or after this time (ISO 8601; naive is UTC).")
+]
+
+
+@router.get("/v1/adapters/compare", summary="Live feedback of version a against b, with significance tests")
+def compare_adapters(
+    session: SessionDep,
+    key: AdminKey,
+    a: Annotated[str, Query(description="Version name, alias or `base`; differences and verdicts are about a.")],
+    b: Annotated[str, Query(description="Version name, alias or `base` to compare a against.")],
+    since: Since = None,
+    alpha: Annotated[float | None, Query(gt=0, lt=0.5, description="Default: model.canary_alpha.")] = None,
+    min_samples: Annotated[int | None, Query(ge=1, description="Default: model.canary_min_samples.")] = None,
+) -> LiveComparisonOut:
+    result = live.compare(session, key.project_id, a, b, since=since, alpha=alpha, min_samples=min_samples)
+    return LiveComparisonOut.model_validate(result)
+
+
+@router.get("/v1/adapters/{ref}/metrics", summary="Live acceptance, edit rate and edit distance of a version")
+def adapter_metrics(ref: str, session: SessionDep, key: AdminKey, since: Since = None) -> LiveMetricsOut:
+    return LiveMetricsOut.model_validate(live.public(live.version_metrics(session, key.project_id, ref, since)))
 
 
 @router.get("/v1/adapters/{ref}", summary="One version (by name or alias) with its manifest")
