@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs bench-dpo clean
+.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs bench-dpo bench-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-pairs: $(STAMP)
 
 bench-dpo: $(STAMP)
 	$(BIN)/python benchmarks/dpo.py
+
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) .editloop .pytest_cache

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from api import errors
 from api.deps import KeyCache, SessionDep
 from api.group_commit import GroupCommitter
-from api.routes import adapters, datasets, events, generations, integrations, project, runs
+from api.routes import adapters, datasets, events, generations, integrations, openai, project, runs
 from core.db import get_sessionmaker
 from core.queue import configure as configure_queue
 from core.settings import Settings, get_settings
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_queue(settings)  # runs are queued from requests: messages go to this settings' broker
     app.state.sessions = get_sessionmaker(settings.sqlalchemy_url, settings.db_pool_size)
     app.state.key_cache = KeyCache(settings.auth_cache_ttl_s)
+    app.state.gateway = None  # serving.gateway.Gateway, made on the first /v1/models or completion request
     errors.install(app)
     app.include_router(events.router)
     app.include_router(integrations.router)
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(adapters.router)
     app.include_router(project.router)
+    app.include_router(openai.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,45 @@ class Settings(BaseSettings):
         gt=0,
         description="Shared transactions in flight per process: while one waits for the database, the next is built.",
     )
+
+    # The generation gateway (serving/): /v1/completions and /v1/chat/completions.
+    serving_backend: Literal["inprocess", "vllm"] = Field(
+        "inprocess",
+        description="inprocess: transformers + PEFT in this process (CPU, small setups); vllm: a vLLM OpenAI server.",
+    )
+    serving_max_adapters: int = Field(
+        4, ge=1, description="Adapter versions kept loaded per base model; the least recently used is evicted."
+    )
+    serving_merge_hot_adapter: bool = Field(
+        True,
+        description="In-process: serve an adapter merged into a plain copy of the base (base speed; a switch rewrites"
+        " the adapted weights; a second copy of them in memory) instead of running PEFT's LoRA layers on every token.",
+    )
+    serving_prompt_lookup_tokens: int = Field(
+        0,
+        ge=0,
+        description="In-process: prompt-lookup decoding, tokens proposed per step from n-grams of the prompt; pays"
+        " only when completions copy their prompt (edits with a model that copies): 0, off, is what measured best on"
+        " the tiny model (benchmarks/serve.py).",
+    )
+    serving_max_concurrent: int = Field(
+        16,
+        ge=1,
+        description="Generations in flight per process (the in-process backend runs one at a time; the rest wait"
+        " their turn without holding the threads that other requests need).",
+    )
+    serving_default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request gives none.")
+    serving_max_max_tokens: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
+    vllm_url: str | None = Field(
+        None, description="Base URL of the vLLM OpenAI server (http://host:8000), started with --enable-lora."
+    )
+    vllm_api_key: str | None = Field(None, description="The vLLM server's --api-key, if it has one.")
+    vllm_adapter_dir: Path | None = Field(
+        None,
+        description="Where the vLLM server sees the artifact store (the same volume mounted elsewhere); unset: the"
+        " same path as here.",
+    )
+    vllm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one call to the vLLM server.")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

@@ -1,0 +1,197 @@
+"""The gateway: which model a request gets (an alias, a version or the base; `canary` taking its share of
+`production`), the backend that generates it, and the `generation` event that records it.
+
+The alias is resolved on every request, so a promotion is served from the next request on, without a restart; the
+backend loads the new version on first use. The event is stored through the same path as the editors' own events
+(validated, scrubbed, exactly once by its event_id `gateway:{generation_id}`), so feedback joins it the same way."""
+
+import hashlib
+import random
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from sqlalchemy.orm import Session
+
+from core.errors import InvalidInput, NotFound
+from core.projects import Project
+from core.settings import Settings
+from serving.backend import Adapter, Backend, Params, Result, Target
+from serving.schemas import ChatRequest, CompletionRequest, ModelCard, ModelList
+from trainers import registry
+from trainers.config import model_settings
+from trainers.models import AdapterVersion
+
+BASE = "base"
+RECORDED_METADATA = ("file_path", "language", "session")  # request metadata that fills the generation's own fields
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    requested: str  # what the request asked for: production, canary, v3, base
+    alias: str | None  # the alias that served it, if any (canary when canary took a production request)
+    served: str  # the version name, or `base`
+    target: Target
+
+
+def canary_draw(user: str | None, canary: str, share: float, rng: random.Random | None = None) -> bool:
+    """Whether a `production` request goes to the canary. With a user, the same answer every time for that user and
+    canary version (a user sees one model, and a new canary draws afresh); without one, at random."""
+    if share <= 0:
+        return False
+    if share >= 1:
+        return True
+    if user:
+        digest = hashlib.sha256(f"{user}\x00{canary}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < share
+    return (rng or random).random() < share
+
+
+def _adapter(version: AdapterVersion) -> Target:
+    lineage = (version.manifest or {}).get("lineage", {})
+    adapter = Adapter(
+        key=f"p{version.project_id}-{version.name}-{version.manifest_sha256[:12]}",
+        name=version.name,
+        path=Path(version.uri),
+        manifest_sha256=version.manifest_sha256,
+    )
+    return Target(version.base_model, lineage.get("base_revision"), adapter)
+
+
+class Gateway:
+    """One per process. The backend is created on the first generation, so the collector never loads torch."""
+
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def limiter(self) -> anyio.CapacityLimiter:
+        """Generations in flight in worker threads; made in the event loop that uses it."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.settings.serving_max_concurrent)
+        return self._limiter
+
+    @property
+    def backend(self) -> Backend:
+        with self._lock:
+            if self._backend is None:
+                if self.settings.serving_backend == "vllm":
+                    from serving.vllm import VLLMBackend
+
+                    self._backend = VLLMBackend(self.settings)
+                else:
+                    from serving.backend import InProcessBackend
+
+                    self._backend = InProcessBackend(self.settings)
+            return self._backend
+
+    def resolve(self, session: Session, project_id: int, model: str, user: str | None) -> Resolved:
+        project = session.get(Project, project_id)
+        if project is None:
+            raise NotFound(f"project {project_id} does not exist")
+        settings = model_settings(project.settings)
+        if model == BASE:
+            if not settings.base_model:
+                raise InvalidInput("model: `base` needs the project's settings.model.base_model")
+            return Resolved(model, None, BASE, Target(settings.base_model, settings.base_revision, None))
+        alias: str | None = model if model in registry.ALIASES else None
+        try:
+            version = registry.get_version(session, project_id, model)
+        except NotFound as exc:
+            raise NotFound(f"model: {exc.detail}; GET /v1/models lists what can be asked for") from None
+        if model == "production":
+            canary = registry.alias_version(session, project_id, "canary")
+            if canary is not None and canary.id != version.id and canary_draw(user, canary.name, settings.canary_share):
+                version, alias = canary, "canary"
+        if version.kind != "policy":
+            raise InvalidInput(f"model: {version.name} is a {version.kind} model; only policy adapters generate")
+        return Resolved(model, alias, version.name, _adapter(version))
+
+    def models(self, session: Session, project_id: int) -> ModelList:
+        project = session.get(Project, project_id)
+        settings = model_settings(project.settings if project is not None else None)
+        versions = registry.list_versions(session, project_id, kind="policy")
+        by_id = {v.id: v for v in versions}
+        cards: list[ModelCard] = []
+        for alias, version_id in sorted(registry.aliases(session, project_id).items()):
+            version = by_id.get(version_id)
+            if version is not None:
+                cards.append(ModelCard(id=alias, created=int(version.created_at.timestamp()), root=version.name))
+        cards += [ModelCard(id=v.name, created=int(v.created_at.timestamp()), root=v.name) for v in versions]
+        if settings.base_model:
+            cards.append(ModelCard(id=BASE, created=int(project.created_at.timestamp()) if project else 0, root=BASE))
+        return ModelList(data=cards)
+
+    def params(self, request: CompletionRequest | ChatRequest) -> Params:
+        limit = self.settings.serving_max_max_tokens
+        max_tokens = request.max_tokens
+        if isinstance(request, ChatRequest) and request.max_completion_tokens is not None:
+            max_tokens = request.max_completion_tokens
+        if max_tokens is not None and max_tokens > limit:
+            raise InvalidInput(f"max_tokens: {max_tokens} exceeds the limit of {limit}")
+        text = request.text if isinstance(request, CompletionRequest) else None
+        chat = request.chat if isinstance(request, ChatRequest) else None
+        if request.metadata is not None and len(orjson.dumps(request.metadata)) > self.settings.max_metadata_bytes // 2:
+            raise InvalidInput(f"metadata: exceeds {self.settings.max_metadata_bytes // 2} bytes as JSON")
+        longest = max([len(text or "")] + [len(m["content"]) for m in chat or []])
+        if longest > self.settings.max_text_chars:
+            field = "prompt" if text is not None else "messages"
+            raise InvalidInput(f"{field}: exceeds {self.settings.max_text_chars} characters")
+        return Params(
+            prompt=text,
+            messages=chat,
+            max_tokens=max_tokens or self.settings.serving_default_max_tokens,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            stops=tuple(request.stops),
+            seed=request.seed,
+        )
+
+    def event(
+        self,
+        generation_id: str,
+        request: CompletionRequest | ChatRequest,
+        resolved: Resolved,
+        result: Result,
+        latency_ms: float,
+    ) -> dict[str, Any]:
+        """The `generation` event that records a served completion: `model` is the version that produced it."""
+        extra = request.metadata or {}
+        event: dict[str, Any] = {
+            "event_id": f"gateway:{generation_id}",
+            "type": "generation",
+            "generation_id": generation_id,
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "completion": result.text,
+            "model": resolved.served,
+            "user": request.user,
+            "latency_ms": round(latency_ms, 3),
+            "metadata": {
+                "gateway": {
+                    "requested": resolved.requested,
+                    "alias": resolved.alias,
+                    "version": resolved.served,
+                    "backend": self.backend.name,
+                    "finish_reason": result.finish_reason,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                },
+                **{k: v for k, v in extra.items() if k not in RECORDED_METADATA and k != "gateway"},
+            },
+        }
+        if isinstance(request, CompletionRequest):
+            event["prompt"] = request.text
+            if request.suffix is not None:
+                event["suffix"] = request.suffix
+        else:
+            event["messages"] = request.chat
+        for key in RECORDED_METADATA:
+            if isinstance(extra.get(key), str):
+                event[key] = extra[key]
+        return event
