@@ -1,5 +1,6 @@
 """The `editloop` command line."""
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -277,15 +278,48 @@ def keys_revoke(
 
 @app.command()
 def demo(
-    users: Annotated[int, typer.Option(min=1, help="Simulated editor users.")] = 8,
-    per_user: Annotated[int, typer.Option(min=1, help="Generations per user.")] = 25,
+    taste: Annotated[
+        str,
+        typer.Option(
+            help="The simulated users' taste: pep8, legacy, terse, typed-double, or module:function (any function "
+            "from code to the user's edited code)."
+        ),
+    ] = "pep8",
+    rounds: Annotated[int, typer.Option(min=1, max=10, help="Training rounds after the base model's round.")] = 3,
+    requests: Annotated[int, typer.Option(min=10, help="Gateway requests per round.")] = 120,
+    users: Annotated[int, typer.Option(min=1, max=32, help="Simulated editor users, working concurrently.")] = 4,
+    max_tokens: Annotated[int, typer.Option(min=16, max=512, help="Tokens per generation.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the users' requests.")] = 0,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="A bootstrap output to use as the base (default: DATA_DIR/demo-model, built if absent)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Where demo.json and demo.png go (default: DATA_DIR/demo).")] = None,
 ) -> None:
-    """Run the collector on the embedded database and feed it simulated editor users over HTTP."""
-    from api.demo import run_demo
+    """The whole loop on the embedded default, no server to start: bootstrap a tiny code model, serve it through the
+    gateway to simulated editor users over HTTP, and let their accepts, edits and rejects train it for a few rounds
+    (rows -> reward model -> policy -> evaluation -> promotion). Prints the acceptance rate, edit distance and reward
+    accuracy per round, and writes them as JSON and a PNG plot."""
+    from api.demo import load_taste, run_demo
 
+    try:
+        load_taste(taste)
+    except EditloopError as exc:
+        raise typer.BadParameter(exc.detail, param_hint="--taste") from None
     settings = get_settings()
     ready_schema(settings)
-    run_demo(settings, console, users=users, per_user=per_user)
+    run_demo(
+        settings,
+        console,
+        taste=taste,
+        rounds=rounds,
+        requests=requests,
+        users=users,
+        max_tokens=max_tokens,
+        seed=seed,
+        model_dir=model,
+        out_dir=out,
+    )
 
 
 if __name__ == "__main__":

@@ -1,213 +1,495 @@
-"""`editloop demo`: the collector on the embedded database, fed by simulated editor users over real HTTP, then
-the training data the loop learns from.
+"""`editloop demo`: the whole loop on the embedded default, with no server to start.
 
-Users ask for code, then accept it, reject it, or edit it to their taste (type hints, snake_case), and their
-editor posts the events the way real editors do: batched or one by one, late, out of order and sometimes twice.
-One user pastes a credential and one works in an excluded `.env` file, so the scrubber and the exclusions show."""
+It bootstraps the tiny code model (or reuses the one a previous demo built), starts the service (collector and
+gateway) on a free port, and simulates editor users over real HTTP: each asks the gateway for code, accepts what
+already matches their taste, edits the rest to their taste, rejects what does not even parse, and posts those
+events. Between serving rounds the loop runs as the scheduled worker would (rows -> snapshot -> reward model ->
+policy -> evaluation -> promotion), in this process, followed over `GET /v1/runs/{id}`. Per round it prints the
+acceptance rate, the mean edit distance and the reward model's accuracy, and writes them as JSON and as a PNG plot.
 
-import random
-import re
+The taste is pluggable: a built-in name (`TASTES`) or `module:function`, any function from code to edited code."""
+
+import importlib
+import json
+import os
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.db import session_scope
+from core.errors import InvalidInput
 from core.projects import Role, create_key, create_project
 from core.settings import Settings
 
-SNIPPETS = [
-    ("# add two numbers\n", "def addNumbers(a, b):\n    return a + b\n"),
-    ("# mean of a list\n", "def meanValue(values):\n    return sum(values) / len(values)\n"),
-    ("# greet a user\n", "def greetUser(name):\n    return 'Hello, ' + name\n"),
-    ("# count words\n", "def countWords(text):\n    return len(text.split())\n"),
-    ("# clamp a number\n", "def clampValue(x, lo, hi):\n    return max(lo, min(hi, x))\n"),
-]
-ANNOTATIONS = {
-    "a": "float",
-    "b": "float",
-    "values": "list[float]",
-    "name": "str",
-    "text": "str",
-    "x": "float",
-    "lo": "float",
-    "hi": "float",
+Taste = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class BuiltinTaste:
+    description: str
+    axes: dict[str, Any]
+
+    def __call__(self, code: str) -> str:
+        from trainers.styles import restyle
+
+        return restyle(code, **self.axes)
+
+
+TASTES: dict[str, BuiltinTaste] = {
+    "pep8": BuiltinTaste(
+        "snake_case names, type hints and docstrings",
+        {"naming": "snake", "type_hints": True, "docstrings": True},
+    ),
+    "legacy": BuiltinTaste(
+        "camelCase names, str.format() instead of f-strings, double quotes",
+        {"naming": "camel", "fstrings": False, "quotes": "double"},
+    ),
+    "terse": BuiltinTaste("no docstrings and no type hints", {"docstrings": False, "type_hints": False}),
+    "typed-double": BuiltinTaste("type hints and double quotes", {"type_hints": True, "quotes": "double"}),
 }
 
+# The loop the demo runs after each round: the scheduled pipeline's config, sized for a 2-core machine. The reward
+# model gets more passes than its default (the demo's snapshots are small); the policy is DPO + SFT on the edits.
+DEMO_PIPELINE: dict[str, Any] = {
+    "policy_kind": "combined",
+    "reward": {"epochs": 10, "eval_examples": 32},
+    "policy": {"eval_examples": 32},
+}
+# The tests' tiny model: 300 steps is what it takes for most greedy samples to parse (about 75 s on 2 idle cores).
+DEMO_MODEL_STEPS = 300
 
-def to_taste(code: str) -> str:
-    """The simulated users' taste: snake_case names and type-hinted parameters."""
-    header, _, body = code.partition("\n")
-    header = re.sub(r"def ([a-z]+)([A-Z])(\w*)", lambda m: f"def {m[1]}_{m[2].lower()}{m[3]}", header)
-    header = re.sub(r"(\w+)(?=[,)])", lambda m: f"{m[1]}: {ANNOTATIONS.get(m[1], 'object')}", header)
-    return f"{header}\n{body}"
+
+def load_taste(spec: str) -> tuple[str, Taste]:
+    """A built-in taste by name, or `module:function` (importable, taking code and returning the edited code)."""
+    if spec in TASTES:
+        return f"{spec}: {TASTES[spec].description}", TASTES[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidInput(f"taste: {spec!r} is neither a built-in ({', '.join(TASTES)}) nor module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidInput(f"taste: cannot import {module_name!r}: {exc}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise InvalidInput(f"taste: {module_name} has no function {attr!r}")
+    return spec, function
 
 
-def simulate(n_users: int, per_user: int, seed: int = 0) -> list[list[dict[str, Any]]]:
-    """The requests editors would send: a list of event batches, shuffled, with late and repeated sends."""
-    rng = random.Random(seed)
-    t0 = datetime.now(UTC) - timedelta(hours=1)
-    requests: list[list[dict[str, Any]]] = []
-    for u in range(n_users):
-        for i in range(per_user):
-            gid = f"demo-{uuid.uuid4().hex[:12]}"
-            prompt, completion = rng.choice(SNIPPETS)
-            at = t0 + timedelta(seconds=60 * i + u)
-            gen: dict[str, Any] = {
-                "event_id": f"{gid}:shown",
-                "type": "generation",
-                "generation_id": gid,
-                "occurred_at": at.isoformat(),
+@dataclass
+class Reaction:
+    outcome: str  # accepted | edited | rejected
+    final: str | None
+    distance: float | None  # normalized edit distance from what was shown to what the user kept
+
+
+def react(code: str, taste: Taste) -> Reaction:
+    """What a user with this taste does with generated code: rejects code that does not parse, accepts code the
+    taste leaves as it is, and otherwise edits it to taste."""
+    from trainers.evaluation import normalized_edit_distance, parses
+
+    if not parses(code):
+        return Reaction("rejected", None, None)
+    try:
+        final = taste(code)
+    except Exception as exc:  # the user's own taste function: say whose bug it is
+        raise RuntimeError(f"the taste function raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(final, str):
+        raise RuntimeError(f"the taste function returned {type(final).__name__}, not the edited code (str)")
+    if final == code:
+        return Reaction("accepted", None, 0.0)
+    return Reaction("edited", final, normalized_edit_distance(code, final))
+
+
+@dataclass
+class Phase:
+    """One round of editors using the model the gateway serves them."""
+
+    round: int
+    asked: str
+    served: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    accepted: int = 0
+    edited: int = 0
+    rejected: int = 0
+    distances: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    service: dict[str, Any] = field(default_factory=dict)  # GET /v1/adapters/{version}/metrics for the round
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.requests if self.requests else 0.0
+
+    @property
+    def mean_edit_distance(self) -> float | None:
+        """Mean distance from what was shown to what the user kept (0 when accepted), rejected code left out."""
+        return sum(self.distances) / len(self.distances) if self.distances else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "asked": self.asked,
+            "served": self.served,
+            "requests": self.requests,
+            "accepted": self.accepted,
+            "edited": self.edited,
+            "rejected": self.rejected,
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "mean_edit_distance": round(self.mean_edit_distance, 4) if self.mean_edit_distance is not None else None,
+            "seconds": round(self.seconds, 1),
+            "service_metrics": self.service,
+        }
+
+
+class Editors:
+    """Simulated editor users: they ask the gateway for code and post what they did with it."""
+
+    def __init__(self, base_url: str, key: str, taste: Taste, users: int, seed: int, max_tokens: int) -> None:
+        import random
+
+        self.base_url, self.key, self.taste, self.users = base_url, key, taste, users
+        self.max_tokens = max_tokens
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+
+    def _prompt(self) -> str:
+        from trainers.styles import prompt_for, sample_function
+
+        with self.lock:
+            return prompt_for(sample_function(self.rng))
+
+    def one(self, client: httpx.Client, user: str, model: str, phase: Phase) -> None:
+        prompt = self._prompt()
+        r = client.post(
+            "/v1/completions",
+            json={
+                "model": model,
                 "prompt": prompt,
-                "completion": completion,
-                "model": "base",
-                "language": "python",
-                "file_path": f"src/user{u}/mod{i}.py",
-                "user": f"user-{u}",
-            }
-            if u == 1 and i == 0:
-                gen["completion"] = completion + 'AWS_KEY = "AKIAIOSFODNN7EXAMPLE"\n'
-            if u == 2 and i == 0:
-                gen["file_path"] = "deploy/.env.production"
-            wanted = to_taste(completion)
-            roll = rng.random()
-            if roll < 0.2:
-                outcome = {"type": "rejected", "reason": "not what I meant"}
-            elif roll < 0.35:
-                outcome = {"type": "accepted"}
-            else:
-                outcome = {"type": "edited", "final_text": wanted}
-            later = {
-                "event_id": f"{gid}:{outcome['type']}",
-                "generation_id": gid,
-                "occurred_at": (at + timedelta(seconds=20)).isoformat(),
-                **outcome,
-            }
-            events = [gen, later]
-            if outcome["type"] == "edited":  # editors report "accepted" first, then the edit
-                events.insert(
-                    1,
-                    {
-                        "event_id": f"{gid}:accepted",
-                        "type": "accepted",
-                        "generation_id": gid,
-                        "occurred_at": (at + timedelta(seconds=2)).isoformat(),
-                    },
-                )
-            rng.shuffle(events)  # feedback may arrive before the generation it is about
-            requests.append(events)
-    rng.shuffle(requests)
-    requests += rng.sample(requests, max(1, len(requests) // 10))  # retries after a lost response
-    return requests
+                "max_tokens": self.max_tokens,
+                "temperature": 0,
+                "user": user,
+                "metadata": {"language": "python", "file_path": f"src/{user}/module.py"},
+            },
+        )
+        if r.status_code != 200:
+            raise RuntimeError(f"the gateway answered {r.status_code}: {r.text[:300]}")
+        body = r.json()
+        generation_id, code = body["id"], body["choices"][0]["text"]
+        reaction = react(code, self.taste)
+        now = datetime.now(UTC).isoformat()
+        events: list[dict[str, Any]] = []
+        if reaction.outcome == "rejected":
+            events.append({"type": "rejected", "reason": "does not parse"})
+        else:  # editors report the accept first, then the edit the user made to the accepted code
+            events.append({"type": "accepted"})
+            if reaction.outcome == "edited":
+                events.append({"type": "edited", "final_text": reaction.final})
+        for event in events:
+            event.update(event_id=f"{generation_id}:{event['type']}", generation_id=generation_id, occurred_at=now)
+        posted = client.post("/v1/events", json={"events": events})
+        if posted.status_code != 200 or posted.json().get("rejected"):
+            raise RuntimeError(f"the collector refused feedback: {posted.status_code} {posted.text[:300]}")
+        with self.lock:
+            phase.requests += 1
+            phase.served[body["model"]] = phase.served.get(body["model"], 0) + 1
+            setattr(phase, reaction.outcome, getattr(phase, reaction.outcome) + 1)
+            if reaction.distance is not None:
+                phase.distances.append(reaction.distance)
+
+    def run(self, phase: Phase, requests: int, progress: Progress) -> None:
+        task = progress.add_task(f"round {phase.round}: editors using {phase.asked}", total=requests)
+        started = time.perf_counter()
+        shares = [requests // self.users + (1 if u < requests % self.users else 0) for u in range(self.users)]
+
+        def user_session(u: int) -> None:
+            headers = {"Authorization": f"Bearer {self.key}"}
+            with httpx.Client(base_url=self.base_url, headers=headers, timeout=120) as client:
+                for _ in range(shares[u]):
+                    self.one(client, f"user-{u}", phase.asked, phase)
+                    progress.advance(task)
+
+        with ThreadPoolExecutor(self.users) as pool:
+            for future in [pool.submit(user_session, u) for u in range(self.users)]:
+                future.result()
+        phase.seconds = time.perf_counter() - started
+        progress.remove_task(task)
 
 
-def run_demo(settings: Settings, console: Console, users: int = 8, per_user: int = 25) -> dict[str, Any]:
-    from api.app import create_app
+def ensure_model(path: Path, console: Console) -> Path:
+    """The demo's base model: a previous demo's bootstrap output, or a new one (a few minutes on 2 cores)."""
+    from trainers.bootstrap import BootstrapConfig, bootstrap, is_bootstrap_output
 
-    name = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    if is_bootstrap_output(path):
+        console.print(f"base model: {path} (built by an earlier demo; delete it to build afresh)")
+        return path
+    config = BootstrapConfig(documents=6000, batch_size=8, max_steps=DEMO_MODEL_STEPS, seconds=900)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.fields[info]}"), console=console, transient=True) as bar:
+        task = bar.add_task("bootstrapping the tiny code model", total=DEMO_MODEL_STEPS, info="corpus, tokenizer")
+
+        def report(step: int, total: int | None, info: dict[str, Any]) -> None:
+            loss = info.get("loss")
+            bar.update(task, completed=step, info=f"loss {loss:.2f}" if loss is not None else "")
+
+        meta = bootstrap(path, config, report, overwrite=True)
+    console.print(f"base model: {path} ({meta.get('steps')} pretraining steps, built now)")
+    return path
+
+
+class Service:
+    """The editloop app (collector + gateway) served by uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        from api.app import create_app
+
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="editloop-service", daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the service did not start")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def train_round(
+    settings: Settings, project_id: int, admin: httpx.Client, console: Console, round_: int
+) -> dict[str, Any]:
+    """What the scheduled worker does, done now: build rows, cut a snapshot, run the pipeline (reward model ->
+    policy -> evaluation -> promotion). The run executes here; its progress is read over the API."""
+    from feedback.tasks import build_project_rows
+    from trainers.runs import create_run, execute
+
+    url = settings.sqlalchemy_url
+    build_project_rows(url, project_id)
+    with session_scope(url) as session:
+        run = create_run(session, project_id, "pipeline", DEMO_PIPELINE, actor="demo", trigger="demo", nudge=False)
+        run_id = run.id
+    outcome: dict[str, str] = {}
+    worker = threading.Thread(
+        target=lambda: outcome.update(status=execute(url, run_id, settings)), name="demo-run", daemon=True
+    )
+    worker.start()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.fields[info]}"), console=console, transient=True) as bar:
+        task = bar.add_task(f"round {round_}: training", total=None, info="")
+        while worker.is_alive():
+            worker.join(timeout=0.5)
+            progress = admin.get(f"/v1/runs/{run_id}").json().get("progress") or {}
+            stage = progress.get("stage") or "starting"
+            bar.update(
+                task,
+                description=f"round {round_}: {stage}",
+                completed=progress.get("step") or 0,
+                total=progress.get("total"),
+                info=f"eta {progress['eta_s']:.0f}s" if progress.get("eta_s") else "",
+            )
+    run_out = admin.get(f"/v1/runs/{run_id}").json()
+    if run_out["status"] != "succeeded":
+        raise RuntimeError(f"run {run_id} {run_out['status']}: {run_out.get('error')}")
+    metrics = run_out.get("metrics") or {}
+    reward_eval = (metrics.get("reward") or {}).get("eval") or {}
+    policy_eval = (metrics.get("policy") or {}).get("eval") or {}
+    promotion = metrics.get("promotion") or {}
+    accuracy = (reward_eval.get("reward_accuracy") or {}).get("accuracy")
+    versions = admin.get("/v1/adapters").json()
+    return {
+        "run_id": run_id,
+        "seconds": round(_seconds(run_out), 1),
+        "snapshot_id": run_out.get("snapshot_id"),
+        "reward_accuracy": accuracy,
+        "reward_baselines": (reward_eval.get("reward_accuracy") or {}).get("baselines"),
+        "implicit_reward_accuracy": (policy_eval.get("implicit_reward") or {}).get("accuracy"),
+        "edit_replay": {k: v.get("mean") for k, v in (policy_eval.get("edit_replay") or {}).items()},
+        "promoted": bool(promotion.get("promoted")),
+        "gate": promotion.get("gate"),
+        "production": (versions.get("aliases") or {}).get("production"),
+    }
+
+
+def _seconds(run: dict[str, Any]) -> float:
+    started, finished = run.get("started_at"), run.get("finished_at")
+    if not started or not finished:
+        return 0.0
+    return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = report["rounds"]
+    xs = [p["round"] for p in phases]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    rates = [p["acceptance_rate"] for p in phases]
+    low = [p["service_metrics"].get("acceptance_rate", {}).get("low", r) for p, r in zip(phases, rates, strict=True)]
+    high = [p["service_metrics"].get("acceptance_rate", {}).get("high", r) for p, r in zip(phases, rates, strict=True)]
+    left.errorbar(
+        xs,
+        rates,
+        yerr=[[max(0.0, r - lo) for r, lo in zip(rates, low, strict=True)],
+              [max(0.0, hi - r) for r, hi in zip(rates, high, strict=True)]],
+        marker="o",
+        capsize=4,
+        label="acceptance rate (95% Wilson)",
+    )  # fmt: skip
+    trained = [(p["round"] + 1, p["training"]["reward_accuracy"]) for p in phases if p.get("training")]
+    trained = [(x, a) for x, a in trained if a is not None]
+    if trained:
+        left.plot([x for x, _ in trained], [a for _, a in trained], "s--", label="reward model accuracy (eval)")
+    left.set_ylim(0, 1)
+    left.set_xlabel("round (0: the base model)")
+    left.set_xticks(xs)
+    left.legend(loc="lower right")
+    left.set_title(f"taste: {report['taste']}")
+    right.plot(xs, [p["mean_edit_distance"] for p in phases], "o-", color="tab:red")
+    right.set_ylim(bottom=0)
+    right.set_xlabel("round")
+    right.set_xticks(xs)
+    right.set_title("mean normalized edit distance of kept code")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def quiet_libraries() -> None:
+    """The demo draws its own progress bars: keep the libraries' tqdm bars and load reports off the terminal."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm >= 4.66 reads its defaults from TQDM_* variables
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def run_demo(
+    settings: Settings,
+    console: Console,
+    taste: str = "pep8",
+    rounds: int = 3,
+    requests: int = 120,
+    users: int = 4,
+    max_tokens: int = 128,
+    seed: int = 0,
+    model_dir: Path | None = None,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the loop and return the report (also written to OUT/demo.json and OUT/demo.png)."""
+    from core.ml import set_threads
+
+    taste_name, taste_fn = load_taste(taste)
+    quiet_libraries()
+    started = time.perf_counter()
+    set_threads()
+    model = ensure_model(model_dir or settings.data_dir / "demo-model", console)
+    out_dir = out_dir or settings.data_dir / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    name = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
     with session_scope(settings.sqlalchemy_url) as session:
-        project = create_project(session, name, [".env*", "*.pem"])
+        project = create_project(session, name)
+        project.settings = {"model": {"base_model": str(model.resolve()), "auto_promote": "production"}}
         project_id = project.id
         _, ingest_key = create_key(session, project, Role.ingest)
         _, admin_key = create_key(session, project, Role.admin)
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the collector did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    console.print(f"collector on {base}, project [bold]{name}[/bold], database {settings.data_dir / 'editloop.db'}")
-
-    totals = {"stored": 0, "duplicates": 0, "secrets": 0}
-    requests = simulate(users, per_user)
-    try:
-        with (
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ingest_key}"}) as editor,
-            Progress(console=console, transient=True) as progress,
-        ):
-            task = progress.add_task("editors posting feedback", total=len(requests))
-            started = time.perf_counter()
-            for events in requests:
-                r = editor.post("/v1/events", json={"events": events})
-                r.raise_for_status()
-                body = r.json()
-                totals["stored"] += body["stored"]
-                totals["duplicates"] += body["duplicates"]
-                totals["secrets"] += sum(body["secrets_redacted"].values())
-                progress.advance(task)
-            elapsed = time.perf_counter() - started
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin_key}"}) as admin:
-            items: list[dict[str, Any]] = []
-            cursor = None
-            while True:
-                page = admin.get("/v1/generations", params={"limit": 500, **({"cursor": cursor} if cursor else {})})
-                page.raise_for_status()
-                items += page.json()["items"]
-                cursor = page.json()["next_cursor"]
-                if not cursor:
-                    break
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-    outcomes: dict[str, int] = {}
-    for g in items:
-        outcomes[g["outcome"]] = outcomes.get(g["outcome"], 0) + 1
-    edited = [g["edit_distance"] for g in items if g["outcome"] == "edited" and g["edit_distance"] is not None]
-    summary = {
+    report: dict[str, Any] = {
         "project": name,
-        "requests": len(requests),
-        "events_stored": totals["stored"],
-        "duplicates_ignored": totals["duplicates"],
-        "secrets_redacted": totals["secrets"],
-        "generations": len(items),
-        "outcomes": outcomes,
-        "acceptance_rate": round(outcomes.get("accepted", 0) / max(1, len(items)), 3),
-        "mean_edit_distance": round(sum(edited) / max(1, len(edited)), 3),
-        "excluded": sum(1 for g in items if g["excluded"]),
-        "events_per_s": round(totals["stored"] / elapsed, 1),
+        "taste": taste_name,
+        "base_model": str(model),
+        "rounds": [],
+        "pipeline": DEMO_PIPELINE,
     }
-    table = Table("what", "value", title="editloop collector demo")
-    for key, value in summary.items():
-        table.add_row(key, str(value))
-    console.print(table)
-    example = next((g for g in items if g["outcome"] == "edited" and g["edit_distance"]), None)
-    if example:
-        console.print("[bold]an edited generation, as the loop will learn from it[/bold]")
-        console.print(
-            f"[red]- model:[/red]\n{example['completion']}[green]+ user:[/green]\n{example['final_text']}"
-            f"edit distance {example['edit_distance']:.3f}"
+    with Service(settings) as base_url:
+        console.print(f"service on {base_url}: project [bold]{name}[/bold], taste [bold]{taste_name}[/bold]")
+        editors = Editors(base_url, ingest_key, taste_fn, users, seed, max_tokens)
+        admin = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60)
+        with admin:
+            for round_ in range(rounds + 1):
+                phase = Phase(round_, "base" if round_ == 0 else "production")
+                since = datetime.now(UTC).isoformat()
+                columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+                with Progress(*columns, console=console, transient=True) as progress:
+                    editors.run(phase, requests, progress)
+                for served in phase.served:
+                    got = admin.get(f"/v1/adapters/{served}/metrics", params={"since": since})
+                    if got.status_code == 200:
+                        phase.service[served] = got.json()
+                if len(phase.service) == 1:
+                    phase.service = next(iter(phase.service.values()))
+                entry = phase.summary()
+                console.print(_phase_line(entry))
+                if round_ < rounds:
+                    entry["training"] = train_round(settings, project_id, admin, console, round_ + 1)
+                    console.print(_training_line(entry["training"]))
+                report["rounds"].append(entry)
+    first, last = report["rounds"][0], report["rounds"][-1]
+    report["acceptance_gain_points"] = round(100 * (last["acceptance_rate"] - first["acceptance_rate"]), 1)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / "demo.json").write_text(json.dumps(report, indent=2, default=str))
+    plot(report, out_dir / "demo.png")
+    _table(report, console)
+    console.print(f"acceptance rate: {100 * first['acceptance_rate']:.0f}% with the base model, "
+                  f"{100 * last['acceptance_rate']:.0f}% after {rounds} rounds "
+                  f"({report['acceptance_gain_points']:+.0f} points) in {report['seconds']:.0f} s")  # fmt: skip
+    console.print(f"report: {out_dir / 'demo.json'}   plot: {out_dir / 'demo.png'}")
+    return report
+
+
+def _phase_line(entry: dict[str, Any]) -> str:
+    served = ", ".join(f"{k} x{v}" for k, v in entry["served"].items())
+    distance = entry["mean_edit_distance"]
+    shown = f"{distance:.3f}" if distance is not None else "-"
+    return (
+        f"round {entry['round']}: {entry['requests']} requests for {entry['asked']} (served {served}): "
+        f"accepted {100 * entry['acceptance_rate']:.0f}%, edited {entry['edited']}, rejected {entry['rejected']}, "
+        f"mean edit distance {shown}"
+    )
+
+
+def _training_line(training: dict[str, Any]) -> str:
+    accuracy = training["reward_accuracy"]
+    promoted = f"promoted {training['production']} to production" if training["promoted"] else "not promoted"
+    shown = f"{accuracy:.2f}" if accuracy is not None else "-"
+    return (
+        f"  trained in {training['seconds']:.0f} s on snapshot {training['snapshot_id']}: reward model accuracy "
+        f"{shown}, {promoted}"
+    )
+
+
+def _table(report: dict[str, Any], console: Console) -> None:
+    table = Table("round", "model", "acceptance", "95% CI", "edit distance", "rejected", "reward acc. after")
+    for entry in report["rounds"]:
+        ci = entry["service_metrics"].get("acceptance_rate") or {}
+        interval = f"{ci['low']:.2f}-{ci['high']:.2f}" if ci.get("low") is not None else "-"
+        distance = entry["mean_edit_distance"]
+        accuracy = (entry.get("training") or {}).get("reward_accuracy")
+        table.add_row(
+            str(entry["round"]),
+            ", ".join(entry["served"]),
+            f"{100 * entry['acceptance_rate']:.0f}%",
+            interval,
+            f"{distance:.3f}" if distance is not None else "-",
+            str(entry["rejected"]),
+            f"{accuracy:.2f}" if accuracy is not None else "-",
         )
-    summary["dataset"] = build_dataset(settings, console, project_id)
-    return summary
-
-
-def build_dataset(settings: Settings, console: Console, project_id: int) -> dict[str, Any]:
-    """What the worker does on its schedule, done now: build the training rows, cut a snapshot."""
-    from feedback.models import DatasetBuild
-    from feedback.snapshots import cut_snapshot
-    from feedback.tasks import build_project_rows
-
-    build_id = build_project_rows(settings.sqlalchemy_url, project_id)
-    with session_scope(settings.sqlalchemy_url) as session:
-        build = session.get(DatasetBuild, build_id)
-        snapshot = cut_snapshot(session, project_id, build_id=build_id)
-        report, counts, digest = dict(build.report if build else {}), snapshot.counts, snapshot.sha256
-    table = Table("kind", "train", "eval", title=f"training data: snapshot {snapshot.id} ({digest[:12]})")
-    for kind, split in counts.items():
-        table.add_row(kind, str(split.get("train", 0)), str(split.get("eval", 0)))
     console.print(table)
-    gates = {k: v for k, v in report.get("gates", {}).items() if v}
-    console.print(f"quality gates dropped: {gates or 'nothing'}")
-    return {"snapshot": snapshot.id, "sha256": digest, "counts": counts, "gates": report.get("gates", {})}
