@@ -359,7 +359,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     trained = [(x, a) for x, a in trained if a is not None]
     if trained:
         left.plot([x for x, _ in trained], [a for _, a in trained], "s--", label="reward model accuracy (eval)")
-    left.set_ylim(0, 1)
+    rejected = [p["rejected"] / p["requests"] if p["requests"] else 0.0 for p in phases]
+    left.plot(xs, rejected, "x:", color="grey", label="rejected: does not parse")
+    left.set_ylim(0, 1.05)
     left.set_xlabel("round (0: the base model)")
     left.set_xticks(xs)
     left.legend(loc="lower right")
