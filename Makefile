@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs bench-dpo bench-serve clean
+.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-dpo: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve.py
+
+bench-online-rl: $(STAMP)
+	$(BIN)/python benchmarks/online_rl.py
 
 clean:
 	rm -rf $(VENV) .editloop .pytest_cache

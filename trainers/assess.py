@@ -1,6 +1,7 @@
 """Evaluating a freshly trained version on its snapshot's eval split, before it is registered; the figures are
 stored on the version (and in its manifest). trainers.evaluation holds the metrics themselves."""
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,13 @@ def policy(
     beta: float,
     max_new_tokens: int,
     production: tuple[str, Path] | None,
+    score: Callable[[Sequence[str], Sequence[str]], list[float]] | None = None,
 ) -> dict[str, Any]:
     """Implicit-reward accuracy on held-out pairs; edit replay on held-out prompts (what the user finally kept)
     against the base and the production adapter, with intervals; parse rate of the Python generations.
-    `replay` rows: prompt, completion (the user's final code), editloop_source_key, editloop_python."""
+    `replay` rows: prompt, completion (the user's final code), editloop_source_key, editloop_python.
+    `score(prompts, completions)`: a reward model (online RL's), which then also scores every system's greedy
+    generations on the held-out prompts (`reward_model_score`, candidate minus the others paired per prompt)."""
     out: dict[str, Any] = {"examples": {"pairs": len(pairs), "replay": len(replay)}}
     if pairs:
         out["implicit_reward"] = ev.implicit_reward_accuracy(
@@ -76,6 +80,17 @@ def policy(
             if row.get("editloop_python"):
                 entry[f"{prefix}parses"] = 1.0 if ev.parses(generated[system][i]) else 0.0
         per_example.append(entry)
+    if score is not None:
+        rewarded = {system: [float(x) for x in score(prompts, texts)] for system, texts in generated.items()}
+        out["reward_model_score"] = {system: ev.mean_ci(values) for system, values in rewarded.items()}
+        out["reward_model_score_vs"] = {
+            system: ev.paired_difference(rewarded["candidate"], values)
+            for system, values in rewarded.items()
+            if system != "candidate"
+        }
+        for i, entry in enumerate(per_example):
+            for system, values in rewarded.items():
+                entry[f"{'' if system == 'candidate' else system + '_'}reward_score"] = values[i]
     out["per_example"] = per_example
     out["samples"] = [
         {"prompt": prompts[i], "candidate": generated["candidate"][i], "final": finals[i]}

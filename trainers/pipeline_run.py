@@ -14,10 +14,11 @@ from core.settings import Settings
 from feedback.snapshots import get_snapshot
 from rewards import training as reward_training
 from rewards.config import RewardRunConfig
+from rewards.functions import RewardModelScore, load_reward_model
 from trainers import assess, registry
 from trainers.config import PipelineRunConfig, model_settings, run_config
 from trainers.data import as_text, load_rows
-from trainers.methods import dpo, kto, sft
+from trainers.methods import dpo, kto, online, sft
 from trainers.models import TrainingRun
 
 METHODS: dict[str, Callable[..., Trained]] = {
@@ -25,8 +26,10 @@ METHODS: dict[str, Callable[..., Trained]] = {
     "combined": dpo.train,
     "kto": kto.train,
     "sft": sft.train,
+    "grpo": online.train,
+    "rloo": online.train,
 }
-FAMILY = {"dpo": "preference", "combined": "preference", "kto": "kto", "sft": "sft"}
+FAMILY = {"dpo": "preference", "combined": "preference", "kto": "kto", "sft": "sft", "grpo": "online", "rloo": "online"}
 
 
 @dataclass
@@ -138,20 +141,29 @@ def _policy(ctx: Context, kind: str, config: Any) -> tuple[int, dict[str, Any]]:
     from trainers.runs import Cancelled, staging_for
 
     ctx.reporter.set_stage(f"{kind}: loading")
-    tokenizer = load_tokenizer(ctx.base_model, ctx.base_revision)
     family = FAMILY[kind]
-    train_rows = _rows(ctx, family, "train")
+    scorer_version = _reward_version(ctx) if family == "online" else None  # fails before any loading
+    tokenizer = load_tokenizer(ctx.base_model, ctx.base_revision)
+    extra: dict[str, Any] = {}
+    online_rl = family == "online"
+    train_rows = _online_prompts(ctx, tokenizer, config.prompts) if online_rl else _rows(ctx, family, "train")
     if family == "sft":
         train_rows = as_text(train_rows, tokenizer, ("prompt", "completion", "editloop_kind"))
     elif family == "preference":
         train_rows = as_text(train_rows, tokenizer, ("prompt", "chosen", "rejected", "editloop_kind"))
     limit = config.eval_examples
     eval_pairs = (
-        as_text(_rows(ctx, "preference", "eval", limit), tokenizer, ("prompt", "chosen", "rejected")) if limit else []
+        as_text(_rows(ctx, "preference", "eval", limit), tokenizer, ("prompt", "chosen", "rejected"))
+        if limit and family != "online"  # implicit-reward accuracy is DPO's measure; online RL has the RM's score
+        else []
     )
     replay = _replay_rows(ctx, tokenizer, limit) if limit else []
     parent, init = _start(ctx, config, "policy")
     production = registry_production(ctx)
+    if scorer_version is not None:  # a second copy of the base, merged with the reward model's LoRA and head
+        extra["reward_model"] = RewardModelScore(
+            load_reward_model(ctx.base_model, ctx.base_revision, str(scorer_version[1]), tokenizer), tokenizer
+        )
     set_seed(config.seed)
     model = load_model(
         ctx.base_model, ctx.base_revision, head="causal", quantization=resolve_quantization(config.quantization)
@@ -159,7 +171,9 @@ def _policy(ctx: Context, kind: str, config: Any) -> tuple[int, dict[str, Any]]:
     ctx.reporter.set_stage(kind)
     ctx.reporter.restart_clock()
     work = staging_for(ctx.settings, ctx.run_id, "work")
-    trained = METHODS[kind](config, model, tokenizer, train_rows, work, ctx.reporter, init)
+    trained = METHODS[kind](config, model, tokenizer, train_rows, work, ctx.reporter, init, **extra)
+    if scorer_version is not None:
+        trained.metrics["reward_model_version"] = scorer_version[0]
     if ctx.reporter.cancelled:
         raise Cancelled(f"cancelled while training ({kind}); nothing was registered")
     ctx.reporter.set_stage(f"{kind}: evaluation")
@@ -171,11 +185,69 @@ def _policy(ctx: Context, kind: str, config: Any) -> tuple[int, dict[str, Any]]:
         beta=getattr(config, "beta", 0.1),
         max_new_tokens=config.eval_max_new_tokens,
         production=production,
+        score=extra.get("reward_model"),
     )
     staging = staging_for(ctx.settings, ctx.run_id, "policy")
     trained.model.save_pretrained(str(staging))
     metrics = {"train": trained.metrics, "eval": evaluation}
     return _register(ctx, staging, "policy", kind, parent, config, metrics), metrics
+
+
+def _reward_version(ctx: Context) -> tuple[str, Path]:
+    """The project's latest reward model version (name, checksum-verified directory) that online RL scores with."""
+    with session_scope(ctx.url) as session:
+        version = registry.latest(session, ctx.project_id, "reward")
+        if version is None:
+            raise InvalidInput(
+                "reward model: the project has no reward model version yet; online RL (grpo, rloo) scores with one."
+                " Train it first: editloop train --kind reward (or a pipeline run with train_reward_model=true)"
+            )
+        return version.name, registry.verified_path(version)
+
+
+def _online_prompts(ctx: Context, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
+    """The prompts online RL practises on: the project's logged generations up to the snapshot, most recent first,
+    one per distinct prompt, none whose prompt is in the snapshot's eval split (the evaluation's prompts), none
+    excluded. Chat prompts go through the tokenizer's chat template (skipped when it has none)."""
+    from sqlalchemy import select
+
+    from feedback.models import Generation, SnapshotRow
+    from trainers.data import is_python
+
+    held_out = select(SnapshotRow.prompt_hash).where(
+        SnapshotRow.snapshot_id == ctx.snapshot.id, SnapshotRow.split == "eval"
+    )
+    query = (
+        select(
+            Generation.prompt, Generation.messages, Generation.prompt_hash, Generation.language, Generation.file_path
+        )
+        .where(
+            Generation.project_id == ctx.project_id,
+            Generation.excluded.is_(False),
+            Generation.prompt_hash.is_not(None),
+            Generation.prompt_hash.not_in(held_out),
+            Generation.created_at <= ctx.snapshot.created_at,
+        )
+        .order_by(Generation.created_at.desc(), Generation.id.desc())
+        .execution_options(yield_per=1000)
+    )
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    with session_scope(ctx.url) as session:
+        for prompt, messages, prompt_hash, language, file_path in session.execute(query):
+            if prompt_hash in seen:
+                continue
+            if messages:
+                if getattr(tokenizer, "chat_template", None) is None:
+                    continue
+                prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            if not prompt:
+                continue
+            seen.add(prompt_hash)
+            out.append({"prompt": prompt, "python": is_python(language, file_path)})
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _replay_rows(ctx: Context, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
