@@ -43,6 +43,55 @@ def code_parses(prompt: str, completion: str, truncated: bool = False) -> bool:
     return _valid(prompt + completion, truncated) or _valid(completion, truncated)
 
 
+def parses(text: str) -> bool:
+    """The text parses as Python (a SyntaxWarning for an odd escape is not a failure)."""
+    return _valid(text, truncated=False)
+
+
+def reward_scores(
+    model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16, max_length: int = 512
+) -> list[float]:
+    """Scalar scores from a sequence-classification model with one label (or a PeftModel around one). Each text is
+    scored as RewardTrainer saw it in training: the full text (prompt + completion) followed by the eos token,
+    right-padded. Texts longer than `max_length` tokens are cut to their first `max_length` (RewardTrainer drops such
+    pairs instead), so their score is the score of a prefix.
+
+    The model pools the last non-pad token, so it needs `config.pad_token_id`; it is set from the tokenizer when
+    missing. The model's train/eval mode is restored afterwards."""
+    import torch
+
+    config = model.config
+    if getattr(config, "num_labels", 1) != 1:
+        raise ValueError(f"a reward model has num_labels=1, this one has {config.num_labels}")
+    if config.pad_token_id is None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token")
+        config.pad_token_id = int(pad)
+    eos = tokenizer.eos_token  # appended unless already there, as TRL's trainers do for standard-format text
+    full = [t if not eos or t.endswith(eos) else t + eos for t in texts]
+    scores: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for start in range(0, len(full), batch_size):
+                batch = tokenizer(
+                    full[start : start + batch_size],
+                    padding=True,
+                    padding_side="right",
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                ).to(device)
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                scores.extend(logits.reshape(-1).to(torch.float32).tolist())
+    finally:
+        model.train(was_training)
+    return scores
+
+
 class Parses:
     """Parse validity. Rows whose `python` column (passed by TRL from the dataset) is False are not scored (None);
     without the column every row is taken for Python."""
@@ -106,34 +155,11 @@ class RewardModelScore:
     __name__ = "reward_model"
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, max_length: int = 1024) -> None:
-        if getattr(model.config, "num_labels", 1) != 1:
-            raise ValueError(f"a reward model has num_labels=1, this one has {model.config.num_labels}")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = pad  # the head pools the last non-pad token
         self.model, self.tokenizer = model.eval(), tokenizer
         self.batch_size, self.max_length = batch_size, max_length
 
     def score(self, texts: Sequence[str]) -> list[float]:
-        import torch
-
-        eos = self.tokenizer.eos_token
-        full = [t if not eos or t.endswith(eos) else t + eos for t in texts]
-        device = next(self.model.parameters()).device
-        scores: list[float] = []
-        with torch.inference_mode():
-            for start in range(0, len(full), self.batch_size):
-                batch = self.tokenizer(
-                    full[start : start + self.batch_size],
-                    padding=True,
-                    padding_side="right",
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(device)
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                scores.extend(logits[:, 0].to(torch.float32).tolist())
-        return scores
+        return reward_scores(self.model, self.tokenizer, texts, self.batch_size, self.max_length)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list[float]:
         return self.score([p + c for p, c in zip(prompts, completions, strict=True)])

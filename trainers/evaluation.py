@@ -23,16 +23,16 @@ How to read each metric:
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import math
 import random
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import PurePath
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
+
+from rewards.functions import parses, reward_scores
 
 PYTHON_LANGUAGES = frozenset({"python", "python3", "py"})
 PYTHON_SUFFIXES = frozenset({".py", ".pyi", ".pyw"})
@@ -142,16 +142,6 @@ def is_python(language: str | None, file_path: str | None) -> bool:
     return bool(file_path) and PurePath(file_path or "").suffix.lower() in PYTHON_SUFFIXES
 
 
-def parses(text: str) -> bool:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # SyntaxWarning for odd escapes is not a failure
-        try:
-            ast.parse(text)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
-            return False
-    return True
-
-
 def parse_rate(texts: Sequence[str]) -> dict[str, Any]:
     """{rate, n}: share of texts that parse as Python (rate None when there are none)."""
     ok = sum(parses(t) for t in texts)
@@ -241,41 +231,6 @@ def _use_adapter(model: Any, name: str) -> Iterator[Any]:
         model.set_adapter(previous)
         for param_name, p in model.named_parameters():
             p.requires_grad_(flags[param_name])
-
-
-def reward_scores(
-    model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16, max_length: int = 512
-) -> list[float]:
-    """Scalar scores from a sequence-classification model with one label (or a PeftModel around one). Each text is
-    scored as RewardTrainer saw it in training: the full text (prompt + completion) followed by the eos token,
-    right-padded. Texts longer than `max_length` tokens are cut to their first `max_length` (RewardTrainer drops such
-    pairs instead), so their score is the score of a prefix.
-
-    The model pools the last non-pad token, so it needs `config.pad_token_id`; it is set from the tokenizer when
-    missing."""
-    import torch
-
-    config = model.config
-    if getattr(config, "num_labels", 1) != 1:
-        raise ValueError(f"a reward model has num_labels=1, this one has {config.num_labels}")
-    if config.pad_token_id is None:
-        config.pad_token_id = _pad_id(tokenizer)
-    full = [_with_eos(t, tokenizer.eos_token) for t in texts]
-    scores: list[float] = []
-    with _inference(model):
-        device = _device(model)
-        for start in range(0, len(full), batch_size):
-            batch = tokenizer(
-                full[start : start + batch_size],
-                padding=True,
-                padding_side="right",
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            ).to(device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            scores.extend(logits.reshape(-1).to(torch.float32).tolist())
-    return scores
 
 
 def reward_accuracy(

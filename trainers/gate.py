@@ -10,6 +10,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from trainers.evaluation import mean_ci
+
 RESAMPLES = 2000
 CONFIDENCE = 0.95
 
@@ -20,19 +22,16 @@ def bootstrap_difference(
     """mean(a) - mean(b) with a percentile bootstrap interval."""
     if not a or not b:
         return {"difference": None, "low": None, "high": None, "n": [len(a), len(b)], "paired": paired}
-    rng = random.Random(seed)
     diff = sum(a) / len(a) - sum(b) / len(b)
+    if paired:  # the bootstrap of the per-example differences' mean
+        ci = mean_ci([x - y for x, y in zip(a, b, strict=True)], CONFIDENCE, resamples, seed)
+        return {"difference": diff, "low": ci["low"], "high": ci["high"], "n": [len(a), len(b)], "paired": True}
+    rng = random.Random(seed)
     samples = []
-    if paired:
-        deltas = [x - y for x, y in zip(a, b, strict=True)]
-        n = len(deltas)
-        for _ in range(resamples):
-            samples.append(sum(deltas[rng.randrange(n)] for _ in range(n)) / n)
-    else:
-        for _ in range(resamples):
-            ra = [a[rng.randrange(len(a))] for _ in a]
-            rb = [b[rng.randrange(len(b))] for _ in b]
-            samples.append(sum(ra) / len(ra) - sum(rb) / len(rb))
+    for _ in range(resamples):
+        ra = [a[rng.randrange(len(a))] for _ in a]
+        rb = [b[rng.randrange(len(b))] for _ in b]
+        samples.append(sum(ra) / len(ra) - sum(rb) / len(rb))
     samples.sort()
     tail = (1 - CONFIDENCE) / 2
     low = samples[int(tail * (resamples - 1))]
