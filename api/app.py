@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from api import errors
 from api.deps import KeyCache, SessionDep
+from api.folder import Folder
 from api.group_commit import GroupCommitter
 from api.routes import adapters, datasets, events, generations, integrations, openai, project, runs
 from core.db import get_sessionmaker
@@ -22,14 +23,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.folder = Folder(app.state.sessions, settings.fold_delay_ms / 1000, settings.fold_batch_rows)
         app.state.group_commit = GroupCommitter(
             app.state.sessions,
             max_events=settings.group_commit_max_events,
             max_wait_s=settings.group_commit_wait_ms / 1000,
             max_queued=settings.group_commit_max_queued,
             writers=settings.group_commit_writers,
+            settings=settings,
+            after_commit=app.state.folder.poke,
         )
-        async with app.state.group_commit:
+        # The folder stops after the committer: what the last requests queued is folded on the way out.
+        async with app.state.folder, app.state.group_commit:
             # What exists now lives as long as the process: the collector's full collections need not scan it.
             gc.freeze()
             # The writers' threads wait for the GIL after every round trip to the database while the event loop runs

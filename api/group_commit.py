@@ -14,6 +14,7 @@ overlap, one in Postgres while the other is built in Python."""
 import asyncio
 import logging
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import OperationalError
@@ -22,7 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from core.projects import Principal
-from feedback import service
+from core.settings import Settings
+from feedback import fold, service
 from feedback.schemas import Event, IngestResult
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,12 @@ class GroupCommitter:
         max_wait_s: float,
         max_queued: int,
         writers: int = 1,
+        settings: Settings | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         self.sessions, self.max_events, self.max_wait_s, self.writers = sessions, max_events, max_wait_s, writers
+        self.settings = settings or Settings()
+        self.after_commit = after_commit  # called in the event loop after each transaction that stored something
         self._slots = asyncio.Semaphore(max_queued)  # back-pressure: beyond this, requests wait to get in line
         self._queue: deque[_Submission | None] = deque()  # None: a writer stops there
         self._wake = asyncio.Event()  # set when a request arrives or a group has been written
@@ -94,6 +100,7 @@ class GroupCommitter:
             async with self._slots:
                 if not self._writers:  # grouping is off, or the app is stopping
                     outcome = (await run_in_threadpool(self._write, [submission]))[0]
+                    self._committed([outcome])
                     if isinstance(outcome, Exception):
                         raise outcome
                     return outcome
@@ -121,6 +128,7 @@ class GroupCommitter:
             finally:
                 self._in_flight.remove(size)
                 self._wake.set()
+            self._committed(outcomes)
             for submission, outcome in zip(group, outcomes, strict=True):
                 if submission.answer.done():  # its request went away; its events are stored all the same
                     continue
@@ -128,6 +136,10 @@ class GroupCommitter:
                     submission.answer.set_exception(outcome)
                 else:
                     submission.answer.set_result(outcome)
+
+    def _committed(self, outcomes: list[IngestResult | Exception]) -> None:
+        if self.after_commit is not None and any(isinstance(o, IngestResult) and o.stored for o in outcomes):
+            self.after_commit()
 
     async def _collect(self) -> tuple[list[_Submission], bool]:
         """The next group (see the module's docstring); the second value says the app is stopping after it."""
@@ -185,8 +197,9 @@ class GroupCommitter:
         stored: dict[int, set[str]] = {}
         secrets: dict[int, dict[str, Counter[str]]] = {}
         with self.sessions() as session:
+            inline = fold.inline(session, self.settings)
             for (project_id, excluded_paths), events in sorted(projects.items()):  # one lock order everywhere
-                written = service.store(session, project_id, events, excluded_paths)
+                written = service.store(session, project_id, events, excluded_paths, inline)
                 stored.setdefault(project_id, set()).update(written.stored)
                 secrets.setdefault(project_id, {}).update(written.secrets)
             session.commit()

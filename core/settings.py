@@ -46,6 +46,23 @@ class Settings(BaseSettings):
     auth_cache_ttl_s: float = Field(30.0, ge=0, description="How long a verified API key is cached in-process.")
     db_pool_size: int = Field(10, gt=0, description="Connections per process (Postgres).")
 
+    # The join of events into generations (feedback/fold.py).
+    ingest_fold: Literal["inline", "deferred"] = Field(
+        "deferred",
+        description="deferred: ingest appends events and a folder folds them into `generations` shortly after, in"
+        " batches (reads fold what is still queued first, so they never lag); inline: each ingest transaction folds"
+        " its own. SQLite always folds inline.",
+    )
+    fold_delay_ms: float = Field(
+        50.0,
+        ge=0,
+        description="How long the folder waits after an ingest commit before it folds, so that feedback posted right"
+        " after its generation folds with it.",
+    )
+    fold_batch_rows: int = Field(
+        64, gt=0, description="Queue rows (ingest transactions) the folder takes per fold transaction."
+    )
+
     # Group commit (api/group_commit.py): concurrent ingest requests share one transaction.
     group_commit_max_events: int = Field(
         500, gt=0, description="A shared ingest transaction takes no more requests once it holds this many events."

@@ -11,8 +11,6 @@ from typing import Any
 import orjson
 from rapidfuzz.distance import Levenshtein
 
-from feedback.schemas import AcceptedEvent, EditedEvent, Event, GenerationEvent, RatingEvent, RejectedEvent
-
 # Code that an excluded file path keeps out of the database.
 GENERATION_CODE = ("prompt", "messages", "completion", "prefix", "suffix")
 ROW_CODE = (*GENERATION_CODE, "accepted_text", "final_text")
@@ -68,18 +66,19 @@ def prompt_hash(prompt: str | None, messages: list[dict[str, Any]] | None) -> st
     return None
 
 
-def _wins(event: Event, at: datetime | None, event_id: str | None, *, latest: bool) -> bool:
+def _wins(ours: tuple[datetime, str], at: datetime | None, event_id: str | None, *, latest: bool) -> bool:
     if at is None or event_id is None:
         return True
-    ours, theirs = (event.occurred_at, event.event_id), (at, event_id)
+    theirs = (at, event_id)
     return ours > theirs if latest else ours < theirs
 
 
-def merge(row: dict[str, Any], event: Event, payload: dict[str, Any]) -> None:
-    """Fold one newly stored event (its scrubbed payload) into the row."""
+def merge(row: dict[str, Any], kind: str, event_id: str, occurred_at: datetime, payload: dict[str, Any]) -> None:
+    """Fold one stored event (its type, id, time and scrubbed payload) into the row."""
     row["event_count"] += 1
-    if isinstance(event, GenerationEvent):
-        if _wins(event, row["shown_at"], row["shown_event_id"], latest=False):
+    ours = (occurred_at, event_id)
+    if kind == "generation":
+        if _wins(ours, row["shown_at"], row["shown_event_id"], latest=False):
             for field in (
                 "prompt",
                 "messages",
@@ -96,22 +95,24 @@ def merge(row: dict[str, Any], event: Event, payload: dict[str, Any]) -> None:
                 row[field] = payload.get(field)
             row["meta"] = payload.get("metadata")
             row["prompt_hash"] = prompt_hash(payload.get("prompt"), payload.get("messages"))
-            row["shown_at"], row["shown_event_id"] = event.occurred_at, event.event_id
-    elif isinstance(event, AcceptedEvent | RejectedEvent):
-        if _wins(event, row["decided_at"], row["decision_event_id"], latest=True):
-            row["decision"] = event.type
+            row["shown_at"], row["shown_event_id"] = ours
+    elif kind in ("accepted", "rejected"):
+        if _wins(ours, row["decided_at"], row["decision_event_id"], latest=True):
+            row["decision"] = kind
             row["accepted_text"] = payload.get("accepted_text")
             row["reject_reason"] = payload.get("reason")
-            row["decided_at"], row["decision_event_id"] = event.occurred_at, event.event_id
-    elif isinstance(event, EditedEvent):
-        if _wins(event, row["edited_at"], row["edited_event_id"], latest=True):
+            row["decided_at"], row["decision_event_id"] = ours
+    elif kind == "edited":
+        if _wins(ours, row["edited_at"], row["edited_event_id"], latest=True):
             row["final_text"] = payload.get("final_text")
-            row["edited_at"], row["edited_event_id"] = event.occurred_at, event.event_id
-    elif isinstance(event, RatingEvent):
-        if _wins(event, row["rated_at"], row["rating_event_id"], latest=True):
-            row["rating_score"] = event.score
+            row["edited_at"], row["edited_event_id"] = ours
+    elif kind == "rating":
+        if _wins(ours, row["rated_at"], row["rating_event_id"], latest=True):
+            row["rating_score"] = payload.get("score")
             row["rating_comment"] = payload.get("comment")
-            row["rated_at"], row["rating_event_id"] = event.occurred_at, event.event_id
+            row["rated_at"], row["rating_event_id"] = ours
+    else:
+        raise ValueError(f"unknown event type {kind!r}")
 
 
 def derive(row: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base, BigId, Json, UTCDateTime, utcnow
@@ -27,6 +27,22 @@ class FeedbackEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Plain `json`, not `jsonb`: the log is written far more than it is queried, and jsonb parsing costs CPU.
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # What ingest did to the event, which the fold (feedback/fold.py) adds up per generation: the secrets it redacted
+    # ({kind: count}, null when none), and whether this `generation` event's file path is excluded (its code dropped).
+    secrets: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class FoldQueue(Base):
+    """Generations whose events are stored but not yet folded into `generations`: one row per ingest transaction,
+    deleted by the fold that takes it (feedback/fold.py)."""
+
+    __tablename__ = "fold_queue"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    generation_ids: Mapped[list[str]] = mapped_column(Json)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Generation(Base):

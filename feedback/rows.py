@@ -74,6 +74,7 @@ from core.errors import InvalidInput, NotFound
 from core.projects import Project
 from feedback.bulk import BulkWriter
 from feedback.config import DatasetConfig
+from feedback.fold import settle
 from feedback.models import DatasetBuild, Generation, TrainingRow
 
 KINDS = ("edit_pair", "choice_pair", "kto", "sft")
@@ -196,6 +197,7 @@ def build_rows(
         if not _has_statistics(session, "generations"):
             session.execute(text("ANALYZE generations"))
         restore = _lz4(session)
+        settle(session, project_id)  # events that deferred ingest has not folded yet (feedback/fold.py)
     build = _Build(session, project_id, config, started, pg)
 
     last = session.execute(

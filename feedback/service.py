@@ -8,15 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ARRAY, String, Table, bindparam, func, select, text, update
+from sqlalchemy import Table, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
 from core.settings import Settings
+from feedback import fold
 from feedback.bulk import BulkWriter
-from feedback.join import FEEDBACK_CODE, GENERATION_CODE, derive, empty_row, merge
+from feedback.join import FEEDBACK_CODE, GENERATION_CODE
 from feedback.models import FeedbackEvent, Generation
 from feedback.schemas import (
     Event,
@@ -34,18 +35,10 @@ _GEN = cast(Table, Generation.__table__)
 _EVENTS = cast(Table, FeedbackEvent.__table__)
 _WRITE_EVENTS = BulkWriter(
     _EVENTS,
-    ["project_id", "event_id", "type", "generation_id", "occurred_at", "received_at", "payload"],
+    ["project_id", "event_id", "type", "generation_id", "occurred_at", "received_at", "payload", "secrets", "excluded"],
     conflict=["project_id", "event_id"],
     returning="event_id",
 )
-_WRITE_GENERATIONS = BulkWriter(
-    _GEN,
-    [c.name for c in _GEN.columns if c.name != "id"],
-    conflict=["project_id", "generation_id"],
-    update=[c.name for c in _GEN.columns if c.name not in ("id", "project_id", "generation_id", "created_at")],
-)
-
-
 # The shortest text in which scrub_text finds a secret has 7 characters (`://:pw@`, a password in a URL); the many
 # short strings of an event (language, user, version...) skip the scan.
 MIN_SECRET_CHARS = 7
@@ -73,33 +66,20 @@ def is_excluded(file_path: str | None, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(file_path, g) or fnmatch.fnmatchcase(name, g) for g in globs)
 
 
-def _lock_generations(session: Session, project_id: int, generation_ids: list[str]) -> None:
-    """Serialize concurrent batches that touch the same generation. Locks are taken in one global order, so two
-    batches never deadlock on each other. SQLite needs none: its transactions start with the write lock."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    session.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(CAST(:p AS text) || ':' || g, 0) AS k"
-            " FROM unnest(CAST(:gids AS text[])) AS g ORDER BY k) AS s"
-        ),
-        {"p": project_id, "gids": generation_ids},
-    )
-
-
-# A join on the ids leaves the unique (project_id, generation_id) index as the only one that fits: with stale
-# statistics (a new database, a new project) an IN list let the planner pick the updated_at index and filter every
-# row of the project. Both statements are built once: building one per call cost more than running it.
-_IDS = func.unnest(bindparam("gids", type_=ARRAY(String))).table_valued("gid").render_derived(name="ids")
-_PG_CURRENT = select(_GEN).join(_IDS, _GEN.c.generation_id == _IDS.c.gid).where(_GEN.c.project_id == bindparam("pid"))
-_SQLITE_CURRENT = select(_GEN).where(
-    _GEN.c.project_id == bindparam("pid"), _GEN.c.generation_id.in_(bindparam("gids", expanding=True))
+# Code-bearing events of generations whose `generation` event (stored earlier, perhaps not folded yet) has an
+# excluded path: their code is dropped before it is stored.
+_PG_EXCLUDED = text(
+    "SELECT DISTINCT e.generation_id FROM feedback_events e JOIN unnest(CAST(:gids AS text[])) AS ids(gid)"
+    " ON e.generation_id = ids.gid WHERE e.project_id = :p AND e.excluded"
 )
+_SQLITE_EXCLUDED = text(
+    "SELECT DISTINCT generation_id FROM feedback_events WHERE project_id = :p AND excluded AND generation_id IN :gids"
+).bindparams(bindparam("gids", expanding=True))
 
 
-def _current_rows(session: Session, project_id: int, generation_ids: list[str]) -> Any:
-    query = _PG_CURRENT if session.get_bind().dialect.name == "postgresql" else _SQLITE_CURRENT
-    return session.execute(query, {"pid": project_id, "gids": generation_ids}).mappings()
+def _excluded_before(session: Session, project_id: int, generation_ids: list[str]) -> set[str]:
+    query = _PG_EXCLUDED if session.get_bind().dialect.name == "postgresql" else _SQLITE_EXCLUDED
+    return set(session.scalars(query, {"p": project_id, "gids": generation_ids}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +141,8 @@ def ingest(
     settings: Settings,
     excluded_paths: Sequence[str] | None = None,
 ) -> IngestResult:
-    """Validate, scrub and store a batch; fold the new events into their generations. Invalid events are
+    """Validate, scrub and store a batch; fold the new events into their generations (now or by the folder, as
+    `settings.ingest_fold` says). Invalid events are
     reported by index and stored nowhere; events already stored are counted as duplicates and change nothing."""
     batch = validate(raw_events, settings)
     if not batch.events:
@@ -171,32 +152,42 @@ def ingest(
         if project is None:
             raise NotFound(f"project {project_id} does not exist")
         excluded_paths = project.excluded_paths or []
-    written = store(session, project_id, batch.events, excluded_paths)
+    written = store(session, project_id, batch.events, excluded_paths, fold.inline(session, settings))
     return tally(batch, written.stored, written.secrets)
 
 
-def store(session: Session, project_id: int, events: Sequence[Event], excluded_paths: Sequence[str]) -> Written:
-    """Scrub and store valid events with distinct event_ids (of one request or of many), and fold those not
-    stored before into their generations."""
+def store(
+    session: Session,
+    project_id: int,
+    events: Sequence[Event],
+    excluded_paths: Sequence[str],
+    fold_inline: bool = True,
+) -> Written:
+    """Scrub and store valid events with distinct event_ids (of one request or of many). The generations that
+    gained events are folded now (`fold_inline`) or queued for the folder (feedback/fold.py)."""
     by_id = {e.event_id: e for e in events}
     if not by_id:
         return Written(set(), {})
     globs = list(excluded_paths)
     now = utcnow()
 
-    generation_ids = sorted({e.generation_id for e in events})
-    _lock_generations(session, project_id, generation_ids)
-    rows = {r["generation_id"]: dict(r) for r in _current_rows(session, project_id, generation_ids)}
-    excluded = {g for g, r in rows.items() if r["excluded"]}
     newly_excluded = {
+        e.generation_id for e in events if isinstance(e, GenerationEvent) and is_excluded(e.file_path, globs)
+    }
+    with_code = {
         e.generation_id
         for e in events
-        if isinstance(e, GenerationEvent) and e.generation_id not in excluded and is_excluded(e.file_path, globs)
+        if not isinstance(e, GenerationEvent) and any(getattr(e, f, None) is not None for f in FEEDBACK_CODE)
     }
-    excluded |= newly_excluded
+    excluded = newly_excluded | (
+        _excluded_before(session, project_id, sorted(with_code - newly_excluded))
+        if with_code - newly_excluded
+        else set()
+    )
 
     order = sorted(by_id)  # one insert order everywhere, so concurrent batches cannot deadlock
-    per_event: dict[str, tuple[dict[str, Any], Counter[str]]] = {}
+    rows = []
+    secrets: dict[str, Counter[str]] = {}
     for event_id in order:
         event = by_id[event_id]
         payload = event.model_dump(mode="json", exclude=_COMMON, exclude_none=True)
@@ -204,66 +195,29 @@ def store(session: Session, project_id: int, events: Sequence[Event], excluded_p
             for field in (*GENERATION_CODE, *FEEDBACK_CODE):
                 payload.pop(field, None)
         found: Counter[str] = Counter()
-        per_event[event_id] = (_scrub(payload, found), found)
-
-    stored = set(
-        _WRITE_EVENTS.write(
-            session,
-            [
-                {
-                    "project_id": project_id,
-                    "event_id": event_id,
-                    "type": by_id[event_id].type,
-                    "generation_id": by_id[event_id].generation_id,
-                    "occurred_at": by_id[event_id].occurred_at,
-                    "received_at": now,
-                    "payload": per_event[event_id][0],
-                }
-                for event_id in order
-            ],
+        payload = _scrub(payload, found)
+        if found:
+            secrets[event_id] = found
+        rows.append(
+            {
+                "project_id": project_id,
+                "event_id": event_id,
+                "type": event.type,
+                "generation_id": event.generation_id,
+                "occurred_at": event.occurred_at,
+                "received_at": now,
+                "payload": payload,
+                "secrets": dict(found) if found else None,
+                "excluded": isinstance(event, GenerationEvent) and event.generation_id in newly_excluded,
+            }
         )
-    )
-
-    changed: dict[str, dict[str, Any]] = {}
-    for event_id in sorted(stored):
-        event = by_id[event_id]
-        row = changed.get(event.generation_id)
-        if row is None:
-            row = rows.get(event.generation_id) or empty_row(project_id, event.generation_id, now)
-            row["secrets_redacted"] = dict(row["secrets_redacted"] or {})
-            changed[event.generation_id] = row
-        payload, found = per_event[event_id]
-        merge(row, event, payload)
-        for kind, n in found.items():
-            row["secrets_redacted"][kind] = row["secrets_redacted"].get(kind, 0) + n
-    for generation_id in newly_excluded:
-        row = changed.get(generation_id) or rows[generation_id]
-        row["excluded"] = True
-        changed[generation_id] = row
-    for row in changed.values():
-        derive(row)
-        row["updated_at"] = now
-        row.pop("id", None)
-
-    _WRITE_GENERATIONS.write(session, [changed[g] for g in sorted(changed)])
-    if newly_excluded:
-        _redact_stored_code(session, project_id, newly_excluded)
-    return Written(stored, {event_id: per_event[event_id][1] for event_id in stored if per_event[event_id][1]})
-
-
-def _redact_stored_code(session: Session, project_id: int, generation_ids: set[str]) -> None:
-    """Feedback that arrived before its `generation` revealed an excluded path still holds code: remove it."""
-    stored = session.execute(
-        select(_EVENTS.c.id, _EVENTS.c.payload).where(
-            _EVENTS.c.project_id == project_id,
-            _EVENTS.c.generation_id.in_(sorted(generation_ids)),
-            _EVENTS.c.type.in_(["accepted", "edited"]),
-        )
-    ).all()
-    for event_pk, payload in stored:
-        if any(f in payload for f in FEEDBACK_CODE):
-            kept = {k: v for k, v in payload.items() if k not in FEEDBACK_CODE}
-            session.execute(update(FeedbackEvent).where(FeedbackEvent.id == event_pk).values(payload=kept))
+    stored = set(_WRITE_EVENTS.write(session, rows))
+    touched = {by_id[event_id].generation_id for event_id in stored}
+    if fold_inline:
+        fold.fold(session, {project_id: touched})
+    else:
+        fold.enqueue(session, project_id, touched)
+    return Written(stored, {event_id: found for event_id, found in secrets.items() if event_id in stored})
 
 
 def _out(row: Any) -> GenerationOut:
@@ -275,6 +229,8 @@ def _out(row: Any) -> GenerationOut:
 
 
 def get_generation(session: Session, project_id: int, generation_id: str) -> GenerationOut:
+    """The joined record, with every event stored so far folded in (the caller commits what that folded)."""
+    fold.settle(session, project_id, [generation_id])
     row = (
         session.execute(select(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id == generation_id))
         .mappings()
@@ -310,7 +266,9 @@ def list_generations(
     cursor: str | None = None,
     limit: int = 100,
 ) -> GenerationPage:
-    """Generations in the order they were first seen, filtered; `since` keeps those changed at or after it."""
+    """Generations in the order they were first seen, filtered; `since` keeps those changed at or after it. What is
+    still queued for the project is folded first (the caller commits it)."""
+    fold.settle(session, project_id)
     query = select(_GEN).where(_GEN.c.project_id == project_id)
     if outcome is not None:
         query = query.where(_GEN.c.outcome == outcome)

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import Conflict, NotFound
 from core.projects import Project
+from feedback.fold import settle
 from feedback.models import Generation
 from trainers import registry
 from trainers.config import model_settings
@@ -194,7 +195,9 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 def version_metrics(session: Session, project_id: int, ref: str, since: datetime | None = None) -> dict[str, Any]:
     """Live metrics of one version (see the module docstring for what each counts), over its generations shown at or
-    after `since` (a naive time is UTC). Two queries: one aggregate of the counts, one column of edit distances."""
+    after `since` (a naive time is UTC). Two queries: one aggregate of the counts, one column of edit distances.
+    Events still queued for the fold are folded first (the caller commits that)."""
+    settle(session, project_id)
     model = resolve(session, project_id, ref)
     since = _utc(since)
     scope = [Generation.project_id == project_id, Generation.model == model]

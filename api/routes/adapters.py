@@ -83,12 +83,15 @@ def compare_adapters(
     min_samples: Annotated[int | None, Query(ge=1, description="Default: model.canary_min_samples.")] = None,
 ) -> LiveComparisonOut:
     result = live.compare(session, key.project_id, a, b, since=since, alpha=alpha, min_samples=min_samples)
+    session.commit()  # what the read folded
     return LiveComparisonOut.model_validate(result)
 
 
 @router.get("/v1/adapters/{ref}/metrics", summary="Live acceptance, edit rate and edit distance of a version")
 def adapter_metrics(ref: str, session: SessionDep, key: AdminKey, since: Since = None) -> LiveMetricsOut:
-    return LiveMetricsOut.model_validate(live.public(live.version_metrics(session, key.project_id, ref, since)))
+    metrics = live.version_metrics(session, key.project_id, ref, since)
+    session.commit()  # what the read folded
+    return LiveMetricsOut.model_validate(live.public(metrics))
 
 
 @router.get("/v1/adapters/{ref}", summary="One version (by name or alias) with its manifest")

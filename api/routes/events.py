@@ -1,6 +1,7 @@
 from typing import Any
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 
 from api.body import read_json
 from api.deps import IngestKey, settings_of
@@ -18,7 +19,7 @@ async def store_events(request: Request, key: Principal, events: list[Any]) -> I
     it commits: a 2xx means every stored event is committed."""
     batch = service.validate(events, settings_of(request))
     committer: GroupCommitter = request.app.state.group_commit
-    return answer(await committer.submit(key, batch))
+    return await committer.submit(key, batch)
 
 
 def check_batch(body: Any, max_events: int) -> list[Any]:
@@ -43,10 +44,16 @@ def answer(result: IngestResult) -> IngestResult:
     return result
 
 
-@router.post("/v1/events", summary="Post a batch of feedback events")
-async def post_events(request: Request, key: IngestKey) -> IngestResult:
+def respond(result: IngestResult) -> Response:
+    """The answer as JSON bytes, serialized once: FastAPI would validate the returned model against the response
+    model again and encode it through jsonable_encoder, which was most of the Python a one-event request costs."""
+    return Response(orjson.dumps(answer(result).model_dump(mode="json")), media_type="application/json")
+
+
+@router.post("/v1/events", summary="Post a batch of feedback events", response_model=IngestResult)
+async def post_events(request: Request, key: IngestKey) -> Response:
     """Store events exactly once. Valid events are stored even when others in the batch are invalid; those are
     reported in `errors` by index. A batch in which every event is invalid is a 422 and stores nothing."""
     settings = settings_of(request)
     events = check_batch(await read_json(request, settings.max_request_bytes), settings.max_events_per_batch)
-    return await store_events(request, key, events)
+    return respond(await store_events(request, key, events))

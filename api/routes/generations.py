@@ -12,7 +12,9 @@ router = APIRouter(tags=["feedback"])
 
 @router.get("/v1/generations/{generation_id}", summary="The joined record of one generation")
 def get_generation(generation_id: str, session: SessionDep, key: AdminKey) -> GenerationOut:
-    return service.get_generation(session, key.project_id, generation_id)
+    found = service.get_generation(session, key.project_id, generation_id)
+    session.commit()  # what the read folded
+    return found
 
 
 @router.get("/v1/generations", summary="List generations, oldest first, with cursor paging")
@@ -25,6 +27,8 @@ def list_generations(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> GenerationPage:
-    return service.list_generations(
+    page = service.list_generations(
         session, key.project_id, outcome=outcome, model=model, since=since, cursor=cursor, limit=limit
     )
+    session.commit()  # what the read folded
+    return page

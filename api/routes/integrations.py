@@ -1,8 +1,8 @@
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from api.body import read_json
 from api.deps import IngestKey, settings_of
-from api.routes.events import store_events
+from api.routes.events import respond, store_events
 from core.errors import InvalidInput
 from feedback.integrations.continue_dev import map_continue_event
 from feedback.schemas import IngestResult
@@ -10,8 +10,10 @@ from feedback.schemas import IngestResult
 router = APIRouter(tags=["integrations"])
 
 
-@router.post("/v1/integrations/continue", summary="Continue's HTTP data destination (schema 0.2.0)")
-async def post_continue(request: Request, key: IngestKey) -> IngestResult:
+@router.post(
+    "/v1/integrations/continue", summary="Continue's HTTP data destination (schema 0.2.0)", response_model=IngestResult
+)
+async def post_continue(request: Request, key: IngestKey) -> Response:
     """Point a Continue `data:` destination here with an ingest key. One POST per Continue event; event names
     that carry no feedback are acknowledged and ignored."""
     body = await read_json(request, settings_of(request).max_request_bytes)
@@ -19,5 +21,5 @@ async def post_continue(request: Request, key: IngestKey) -> IngestResult:
         raise InvalidInput("body: expected a JSON object {name, data, schema, level, profileId}")
     events = map_continue_event(body)
     if not events:
-        return IngestResult(received=0, stored=0, duplicates=0, errors=[], secrets_redacted={})
-    return await store_events(request, key, events)
+        return respond(IngestResult(received=0, stored=0, duplicates=0, errors=[], secrets_redacted={}))
+    return respond(await store_events(request, key, events))

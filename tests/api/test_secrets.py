@@ -3,6 +3,7 @@
 from sqlalchemy import select
 
 from core.db import session_scope
+from feedback.fold import settle
 from feedback.models import FeedbackEvent, Generation
 from tests.factories import feedback, generation, new_id
 
@@ -12,6 +13,10 @@ PG_PASSWORD = "s3cr3t-Pa55w0rd"
 
 def _stored_text(db_url: str, gid: str) -> str:
     with session_scope(db_url) as session:
+        for project_id in set(
+            session.scalars(select(FeedbackEvent.project_id).where(FeedbackEvent.generation_id == gid))
+        ):
+            settle(session, project_id, [gid])  # what deferred ingest has not folded yet
         events = session.scalars(select(FeedbackEvent).where(FeedbackEvent.generation_id == gid)).all()
         rows = session.scalars(select(Generation).where(Generation.generation_id == gid)).all()
         parts = [repr(e.payload) for e in events]

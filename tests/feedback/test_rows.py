@@ -4,7 +4,7 @@ Inputs go through feedback.service.ingest, as the collector's would."""
 
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from sqlalchemy import select, update
@@ -31,9 +31,13 @@ def new_project(db_url: str, excluded_paths: list[str] | None = None, **dataset:
         return project.id
 
 
-def send(db_url: str, project_id: int, events: list[dict[str, Any]]) -> None:
+def send(
+    db_url: str, project_id: int, events: list[dict[str, Any]], fold: Literal["inline", "deferred"] = "inline"
+) -> None:
+    """Ingest events. Folded inline by default: these tests move generations' updated_at (`age`) and ingest during
+    builds; `fold="deferred"` leaves them queued for the build to fold (feedback/fold.py)."""
     with session_scope(db_url) as session:
-        result = ingest(session, project_id, events, Settings())
+        result = ingest(session, project_id, events, Settings(ingest_fold=fold))
     assert not result.errors, result.errors
 
 

@@ -1,0 +1,85 @@
+"""The folder: folds the events that deferred ingest queued (feedback/fold.py), in the API process that took them.
+
+`poke()` after each ingest commit; the folder waits `delay_s` (so a generation's feedback, posted right after it,
+folds in the same write), then folds queue rows in transactions of `batch_rows` until none is left. It also looks
+every `idle_s`, so rows that another process queued and did not fold (it was killed) are folded here. Several
+processes fold side by side: each takes rows that no one else holds."""
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from api.group_commit import _transient
+from feedback import fold
+
+log = logging.getLogger(__name__)
+
+_RETRY = Retrying(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(5),
+    wait=wait_random_exponential(0.01, 0.5),
+    reraise=True,
+)
+
+
+class Folder:
+    def __init__(self, sessions: sessionmaker[Session], delay_s: float, batch_rows: int, idle_s: float = 5.0):
+        self.sessions, self.delay_s, self.batch_rows, self.idle_s = sessions, delay_s, batch_rows, idle_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.folded = 0  # generations written since start
+
+    async def __aenter__(self) -> "Folder":
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        """Fold what is left, then stop. (Anything still queued is folded by the next reader or folder.)"""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await run_in_threadpool(self._drain)
+        except Exception:
+            log.warning("folding at shutdown failed; the queue keeps the rows", exc_info=True)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            try:
+                await run_in_threadpool(self._drain)
+            except Exception:  # the database went away, say: the rows stay queued, and the next turn retries
+                log.warning("folding failed; will retry", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    def _drain(self) -> None:
+        """In a worker thread: fold batches until a batch comes back short (the queue is empty, or others hold
+        the rest)."""
+        while True:
+            taken = _RETRY(self._step)
+            if taken < self.batch_rows:
+                return
+
+    def _step(self) -> int:
+        with self.sessions() as session:
+            if session.get_bind().dialect.name != "postgresql":
+                return 0
+            taken, folded = fold.fold_queued(session, self.batch_rows)
+            session.commit()
+        self.folded += folded
+        return taken

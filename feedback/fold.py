@@ -1,0 +1,181 @@
+"""The fold: the per-generation join (`generations`) computed from the event log (`feedback_events`).
+
+A fold recomputes each generation it is given from all of that generation's stored events, with `join.merge` (one
+winning event per field group, by a total order), so folding is idempotent, and folding twice, late or in any order
+gives the same row. Ingest decides when it runs (`Settings.ingest_fold`):
+
+- `inline` (always on SQLite): the ingest transaction folds the generations it touched before it commits.
+- `deferred` (the Postgres default): the ingest transaction only appends its events and one `fold_queue` row naming
+  the generations it touched. A folder in every API process (`api/folder.py`) folds what queued shortly after each
+  commit, in large set-based batches (a generation and its feedback, posted back to back, fold in one write). Every
+  reader of `generations` first calls `settle`, which folds what is still queued for what it reads (or waits for
+  the folder that holds it), so a read that follows a 2xx sees every event that the 2xx acknowledged.
+  Nothing queued is lost: the queue row commits with its events, and a folder or a reader deletes it only in the
+  transaction that writes the fold.
+
+Locks (Postgres): a fold takes a transaction-scoped advisory lock per generation, in one global order (project,
+then hash), before it reads the events, so two folds of one generation are serialized and the later one reads what
+the earlier one read and more. The background folder claims queue rows with SKIP LOCKED; readers wait for them."""
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import Table, bindparam, text, update
+from sqlalchemy.orm import Session
+
+from core.db import utcnow
+from core.settings import Settings
+from feedback.bulk import BulkWriter
+from feedback.join import FEEDBACK_CODE, derive, empty_row, merge
+from feedback.models import FeedbackEvent, Generation
+
+_GEN = cast(Table, Generation.__table__)
+_WRITE_GENERATIONS = BulkWriter(
+    _GEN,
+    [c.name for c in _GEN.columns if c.name != "id"],
+    conflict=["project_id", "generation_id"],
+    update=[c.name for c in _GEN.columns if c.name not in ("id", "project_id", "generation_id", "created_at")],
+)
+
+_ENQUEUE = text("INSERT INTO fold_queue (project_id, generation_ids, queued_at) VALUES (:p, CAST(:g AS jsonb), :t)")
+# Readers: what is queued for a project (or for some of its generations). Without SKIP LOCKED: a row that a folder
+# holds is waited for, and once that folder commits, the row is gone and its generations are folded.
+_SETTLE_PROJECT = text("DELETE FROM fold_queue WHERE project_id = :p RETURNING project_id, generation_ids")
+_SETTLE_SOME = text(
+    "DELETE FROM fold_queue WHERE project_id = :p AND jsonb_exists_any(generation_ids, CAST(:g AS text[]))"
+    " RETURNING project_id, generation_ids"
+)
+# The folder: the oldest rows that nobody else holds.
+_CLAIM = text(
+    "DELETE FROM fold_queue WHERE id IN (SELECT id FROM fold_queue ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED)"
+    " RETURNING project_id, generation_ids"
+)
+_LOCK = text(
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(CAST(:p AS text) || ':' || g, 0) AS k"
+    " FROM unnest(CAST(:gids AS text[])) AS g ORDER BY k) AS s"
+)
+_PG_EVENTS = text(
+    "SELECT e.id, e.generation_id, e.event_id, e.type, e.occurred_at, e.received_at, CAST(e.payload AS text),"
+    " CAST(e.secrets AS text), e.excluded FROM feedback_events e JOIN unnest(CAST(:gids AS text[])) AS ids(gid)"
+    " ON e.generation_id = ids.gid WHERE e.project_id = :p"
+)
+_SQLITE_EVENTS = text(
+    "SELECT id, generation_id, event_id, type, occurred_at, received_at, CAST(payload AS TEXT),"
+    " CAST(secrets AS TEXT), excluded FROM feedback_events WHERE project_id = :p AND generation_id IN :gids"
+).bindparams(bindparam("gids", expanding=True))
+
+Claims = dict[int, set[str]]  # project id -> generation ids
+
+
+def _pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def inline(session: Session, settings: Settings) -> bool:
+    """Whether ingest folds in its own transaction: on SQLite always (one writer at a time: nothing to gain)."""
+    return settings.ingest_fold == "inline" or not _pg(session)
+
+
+def enqueue(session: Session, project_id: int, generation_ids: Iterable[str]) -> None:
+    """Note, in the caller's transaction, that these generations have events to fold."""
+    ids = sorted(set(generation_ids))
+    if ids:
+        session.execute(_ENQUEUE, {"p": project_id, "g": orjson.dumps(ids).decode(), "t": utcnow()})
+
+
+def _claimed(rows: Iterable[Any]) -> Claims:
+    claims: Claims = {}
+    for project_id, ids in rows:
+        claims.setdefault(project_id, set()).update(ids)
+    return claims
+
+
+def settle(session: Session, project_id: int, generation_ids: Iterable[str] | None = None) -> int:
+    """Before reading `generations`: fold what is queued for the project (or for these of its generations), waiting
+    for any folder that holds some of it. Returns the number of generations folded. The caller commits."""
+    if not _pg(session):
+        return 0  # SQLite folds inline
+    if generation_ids is None:
+        claims = _claimed(session.execute(_SETTLE_PROJECT, {"p": project_id}))
+    else:
+        ids = sorted(set(generation_ids))
+        if not ids:
+            return 0
+        claims = _claimed(session.execute(_SETTLE_SOME, {"p": project_id, "g": ids}))
+    return fold(session, claims)
+
+
+def fold_queued(session: Session, rows: int) -> tuple[int, int]:
+    """The background folder's step: fold the oldest `rows` queue rows that no one else holds. Returns (queue rows
+    taken, generations folded). The caller commits."""
+    taken = list(session.execute(_CLAIM, {"n": rows}))
+    return len(taken), fold(session, _claimed(taken))
+
+
+def backlog(session: Session) -> dict[str, Any]:
+    """How far the fold is behind: queued rows and the age of the oldest (seconds), all projects."""
+    if not _pg(session):
+        return {"rows": 0, "oldest_s": None}
+    n, oldest = session.execute(text("SELECT count(*), min(queued_at) FROM fold_queue")).one()
+    age = (utcnow() - oldest).total_seconds() if oldest is not None else None
+    return {"rows": int(n), "oldest_s": age}
+
+
+def fold(session: Session, claims: Claims) -> int:
+    """Recompute these generations from all of their events and write them; returns how many were written."""
+    pg = _pg(session)
+    if pg:  # one global order: projects ascending, then the hash order _LOCK sorts by
+        for project_id in sorted(claims):
+            session.execute(_LOCK, {"p": project_id, "gids": sorted(claims[project_id])})
+    now = utcnow()
+    written = 0
+    for project_id in sorted(claims):
+        gids = sorted(claims[project_id])
+        if not gids:
+            continue
+        query = _PG_EVENTS if pg else _SQLITE_EVENTS
+        rows = _recompute(session, project_id, session.execute(query, {"p": project_id, "gids": gids}).all(), now)
+        _WRITE_GENERATIONS.write(session, rows)
+        written += len(rows)
+    return written
+
+
+def _recompute(session: Session, project_id: int, events: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
+    by_generation: dict[str, list[Any]] = {}
+    for event in events:
+        by_generation.setdefault(event[1], []).append(event)
+    out = []
+    for generation_id in sorted(by_generation):
+        stored = by_generation[generation_id]
+        row = empty_row(project_id, generation_id, min(_utc(e[5]) for e in stored))
+        secrets: Counter[str] = Counter()
+        excluded = any(e[8] for e in stored)
+        code_to_redact = []
+        for pk, _, event_id, kind, occurred_at, _, payload_text, secrets_text, _ in stored:
+            payload = orjson.loads(payload_text)
+            if excluded and any(field in payload for field in FEEDBACK_CODE):
+                payload = {k: v for k, v in payload.items() if k not in FEEDBACK_CODE}
+                code_to_redact.append((pk, payload))
+            merge(row, kind, event_id, _utc(occurred_at), payload)
+            if secrets_text:
+                secrets.update(orjson.loads(secrets_text))
+        row["excluded"] = excluded
+        row["secrets_redacted"] = dict(secrets)
+        for pk, kept in code_to_redact:  # feedback stored before its generation revealed an excluded path
+            session.execute(update(FeedbackEvent).where(FeedbackEvent.id == pk).values(payload=kept))
+        derive(row)
+        row["updated_at"] = now
+        out.append(row)
+    return out
+
+
+def _utc(value: Any) -> datetime:
+    """Timestamps come back as datetimes from Postgres and as text from SQLite's raw rows."""
+    from datetime import UTC
+
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
