@@ -49,6 +49,32 @@ def db_current() -> None:
     console.print(f"database: {migrate.current_revision(url)}  code: {migrate.head_revision(url)}")
 
 
+@db_app.command("fold")
+def db_fold(
+    status: Annotated[bool, typer.Option("--status", help="Only show what is queued; fold nothing.")] = False,
+) -> None:
+    """Fold the events that deferred ingest has queued into `generations` now (the API's folder does this by
+    itself a moment after each ingest; this is for a server that is stopped, or before a downgrade)."""
+    from core.db import session_scope
+    from feedback import fold
+
+    settings = get_settings()
+    with session_scope(settings.sqlalchemy_url) as session:
+        before = fold.backlog(session)
+    age = "" if before["oldest_s"] is None else f", the oldest {before['oldest_s']:.1f} s old"
+    console.print(f"fold queue: {before['rows']} rows{age}")
+    if status or not before["rows"]:
+        return
+    folded = 0
+    while True:
+        with session_scope(settings.sqlalchemy_url) as session:
+            taken, n = fold.fold_queued(session, settings.fold_batch_rows)
+        folded += n
+        if taken < settings.fold_batch_rows:
+            break
+    console.print(f"folded {folded} generations")
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",

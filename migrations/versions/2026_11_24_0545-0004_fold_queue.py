@@ -60,6 +60,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    queued = op.get_bind().execute(sa.text("SELECT count(*) FROM fold_queue")).scalar()
+    if queued:
+        raise RuntimeError(
+            f"fold_queue holds {queued} rows of events not yet folded into generations; run `editloop db fold` first"
+        )
     with op.batch_alter_table("feedback_events", schema=None) as batch_op:
         batch_op.drop_column("excluded")
         batch_op.drop_column("secrets")

@@ -173,3 +173,24 @@ def test_a_queued_row_left_by_a_killed_process_is_folded_by_the_next_folder(pg):
     assert joined(pg, p)[gid]["outcome"] == "edited" and queued(pg, p) == 0
     with session_scope(pg) as session:
         assert fold.backlog(session)["rows"] >= 0
+
+
+def test_the_cli_folds_what_is_queued(pg, monkeypatch):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    from core.settings import get_settings
+
+    p = project(pg)
+    gid = new_id()
+    send(pg, p, story(gid), "deferred")
+    monkeypatch.setenv("EDITLOOP_DATABASE_URL", pg)
+    get_settings.cache_clear()
+    try:
+        status = CliRunner().invoke(app, ["db", "fold", "--status"])
+        assert status.exit_code == 0 and "fold queue:" in status.output and queued(pg, p) == 1
+        done = CliRunner().invoke(app, ["db", "fold"])
+        assert done.exit_code == 0 and "folded" in done.output, done.output
+    finally:
+        get_settings.cache_clear()
+    assert queued(pg, p) == 0 and joined(pg, p)[gid]["outcome"] == "edited"
