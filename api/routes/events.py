@@ -45,8 +45,8 @@ def answer(result: IngestResult) -> IngestResult:
 
 
 def respond(result: IngestResult) -> Response:
-    """The answer as JSON bytes, serialized once: FastAPI would validate the returned model against the response
-    model again and encode it through jsonable_encoder, which was most of the Python a one-event request costs."""
+    """The answer as JSON bytes, serialized once (FastAPI would validate the returned model against the response
+    model again, then encode it through jsonable_encoder)."""
     return Response(orjson.dumps(answer(result).model_dump(mode="json")), media_type="application/json")
 
 
