@@ -4,8 +4,9 @@
 Creates a throw-away Postgres database, migrates it, bulk-loads N generations with realistic Python code (the
 same rows the ingest service writes: `feedback.join.derive` fills outcome, final text and edit distance), runs
 ANALYZE, then times in this one process: a full build, a second build with no new feedback (it re-reads only the
-overlap), and an incremental build after `--touch` generations got a new edit. Prints a table and the phases
-each build spent its time in, and writes everything to benchmarks/results/pairs-<UTC timestamp>.json.
+overlap), and an incremental build after `--touch` generations got a new edit. Prints a table with the phases
+each build spent its time in and the CPU time of this process and of the server's backend, and writes everything
+to benchmarks/results/pairs-<UTC timestamp>.json.
 
 Run:  .venv/bin/python benchmarks/pairs.py            (about a minute for 100,000 generations; see --help)
 """
@@ -35,6 +36,7 @@ from sqlalchemy import select  # noqa: E402
 from core.db import get_engine, session_scope  # noqa: E402
 from core.migrate import upgrade  # noqa: E402
 from core.projects import create_project  # noqa: E402
+from feedback import syntax  # noqa: E402
 from feedback.bulk import BulkWriter  # noqa: E402
 from feedback.join import derive, empty_row, prompt_hash  # noqa: E402
 from feedback.models import Generation  # noqa: E402
@@ -219,9 +221,25 @@ def touch(url: str, work: Workload, project_id: int, n: int, total: int, now: da
         _WRITE.write(session, rows)
 
 
-def timed_build(url: str, project_id: int, batch_size: int, profile: bool) -> dict[str, Any]:
+def server_cpu_s(pid: int) -> float | None:
+    """CPU seconds a Postgres backend has used, when the server runs on this machine (else None)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_build(url: str, project_id: int, batch_size: int, profile: bool, cold: bool = False) -> dict[str, Any]:
+    """One build in its own transaction. Besides wall time, the CPU time of this process and of the server's
+    backend (when local): on a shared machine those vary less than the wall time, so they compare variants.
+    `cold` empties the process's cache of syntax verdicts first (a worker's first build after it started)."""
+    if cold:
+        syntax.clear_cache()
     profiler = cProfile.Profile() if profile else None
     with session_scope(url) as session:
+        pid = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        server_before, cpu_before = server_cpu_s(pid), time.process_time()
         clock = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -231,6 +249,9 @@ def timed_build(url: str, project_id: int, batch_size: int, profile: bool) -> di
         call_s = time.perf_counter() - clock
         clock = time.perf_counter()
     commit_s = time.perf_counter() - clock
+    cpu_s = time.process_time() - cpu_before
+    server_after = server_cpu_s(pid)
+    server_s = None if server_before is None or server_after is None else server_after - server_before
     produced = sum(build.report["rows"].values())
     total_s = call_s + commit_s
     result = {
@@ -242,6 +263,8 @@ def timed_build(url: str, project_id: int, batch_size: int, profile: bool) -> di
         "rows_removed": build.rows_removed,
         "build_s": round(call_s, 3),
         "commit_s": round(commit_s, 3),
+        "client_cpu_s": round(cpu_s, 3),
+        "server_cpu_s": None if server_s is None else round(server_s, 3),
         "generations_per_s": round(build.generations_read / total_s) if total_s else None,
         "rows_per_s": round(produced / total_s) if total_s else None,
         "phases_s": build.report["seconds"],
@@ -256,7 +279,7 @@ def timed_build(url: str, project_id: int, batch_size: int, profile: bool) -> di
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     head = ["build", "gens read", "derived", "rows", "added", "changed", "removed", "seconds", "gens/s", "rows/s"]
-    head += ["read", "derive", "syntax", "compare", "write", "commit"]
+    head += ["read", "derive", "syntax", "compare", "write", "commit", "cpu", "server cpu"]
     lines = [head]
     for name, r in results.items():
         ph = r["phases_s"]
@@ -265,7 +288,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             + [f"{r['rows_added']:,}", f"{r['rows_changed']:,}", f"{r['rows_removed']:,}"]
             + [f"{r['build_s'] + r['commit_s']:.2f}", f"{r['generations_per_s'] or 0:,}", f"{r['rows_per_s'] or 0:,}"]
             + [f"{ph.get(k, 0):.2f}" for k in ("read", "derive", "syntax", "compare", "write")]
-            + [f"{r['commit_s']:.2f}"]
+            + [f"{r['commit_s']:.2f}", f"{r['client_cpu_s']:.2f}"]
+            + ["-" if r["server_cpu_s"] is None else f"{r['server_cpu_s']:.2f}"]
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     return "\n".join(
@@ -303,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         help="set the project's check_python_syntax to false (to see what the Python parser costs)",
     )
     p.add_argument("--profile", action="store_true", help="cProfile the full build (its figures are then lower)")
+    p.add_argument(
+        "--cold-cache",
+        action="store_true",
+        help="empty the syntax-verdict cache before every build (by default the later builds find the verdicts "
+        "of the earlier ones, as in a worker process that keeps running)",
+    )
     p.add_argument("--keep-db", action="store_true", help="do not drop the database at the end (prints its URL)")
     p.add_argument("--results-dir", type=Path, default=HERE / "results", help="where the JSON results go")
     args = p.parse_args(argv)
@@ -347,10 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         with get_engine(url).connect() as conn:
             conn.exec_driver_sql("ANALYZE training_rows")
             conn.commit()
-        results["no-op"] = timed_build(url, project_id, args.batch_size, False)
+        results["no-op"] = timed_build(url, project_id, args.batch_size, False, args.cold_cache)
         if args.touch:
             touch(url, work, project_id, min(args.touch, args.generations), args.generations, datetime.now(UTC))
-            results[f"touched {args.touch:,}"] = timed_build(url, project_id, args.batch_size, False)
+            results[f"touched {args.touch:,}"] = timed_build(url, project_id, args.batch_size, False, args.cold_cache)
         load_after = os.getloadavg()
 
         printed = table(results)

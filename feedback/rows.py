@@ -48,7 +48,6 @@ within a build, because its group changed again, counts again). Generation gates
 - trivial_pair: a choice pair whose two completions differ only trivially (as a trivial edit would).
 """
 
-import ast
 import hashlib
 import re
 import time
@@ -57,15 +56,20 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import orjson
+from psycopg.adapt import Dumper
+from psycopg.postgres import types as pg_types
+from psycopg.pq import Format
 from pydantic import ValidationError
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
 from sqlalchemy import BigInteger, String, and_, any_, cast, func, literal, or_, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSON as PG_JSON
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.schema import Table
 
@@ -76,6 +80,7 @@ from feedback.bulk import BulkWriter
 from feedback.config import DatasetConfig
 from feedback.fold import settle
 from feedback.models import DatasetBuild, Generation, TrainingRow
+from feedback.syntax import parses, parses_within
 
 KINDS = ("edit_pair", "choice_pair", "kto", "sft")
 GATES = (
@@ -97,65 +102,73 @@ DERIVATION_VERSION = 1
 
 _GEN: Table = Generation.__table__  # type: ignore[assignment]
 _ROWS: Table = TrainingRow.__table__  # type: ignore[assignment]
-_READ = [
-    _GEN.c[name]
-    for name in (
-        "id",
-        "generation_id",
-        "outcome",
-        "prompt",
-        "messages",
-        "prompt_hash",
-        "completion",
-        "final_text",
-        "edit_distance",
-        "language",
-        "file_path",
-        "user",
-        "excluded",
-        "shown_at",
-        "shown_event_id",
-        "decided_at",
-        "decision_event_id",
-        "edited_at",
-        "edited_event_id",
-        "rating_score",
-        "rated_at",
-        "rating_event_id",
-        "updated_at",
-    )
-]
+
+
+class _Gen(NamedTuple):
+    """A generation, as the build reads it. (Not SQLAlchemy's Row: its attribute access costs ten times a
+    NamedTuple's, and the build reads some forty attributes per generation.) Columns typed Any may be null, and
+    are checked by the generation gates (`_plan`) before the rows use them."""
+
+    id: int
+    generation_id: str
+    outcome: str
+    prompt: str | None
+    messages: list[dict[str, Any]] | None
+    prompt_hash: Any
+    completion: Any
+    final_text: Any
+    edit_distance: float | None
+    language: str | None
+    file_path: str | None
+    user: str | None
+    excluded: bool
+    shown_at: datetime
+    shown_event_id: Any
+    decided_at: datetime
+    decision_event_id: Any
+    edited_at: datetime
+    edited_event_id: Any
+    rating_score: float | None
+    rated_at: datetime
+    rating_event_id: Any
+    updated_at: datetime
+
+
+_READ = [_GEN.c[name] for name in _Gen._fields]
 _COLUMNS = [c.name for c in _ROWS.columns if c.name != "id"]
+
+
+def _pg_oid(column: Any) -> int:
+    """The oid of a column's Postgres type, for binary COPY."""
+    info = pg_types.get(column.type.compile(dialect=postgresql.dialect()).lower().split("(")[0])
+    assert info is not None, f"{column.name}: no psycopg type"
+    return info.oid
+
+
 _WRITE_ROWS = BulkWriter(
     _ROWS,
     _COLUMNS,
     conflict=["project_id", "kind", "source_key"],
     update=[c for c in _COLUMNS if c not in ("project_id", "kind", "source_key")],
 )
-_COPY_COLUMNS = (
-    "project_id",
-    "kind",
-    "source_key",
-    "prompt",
-    "messages",
-    "prompt_hash",
-    "chosen",
-    "rejected",
-    "completion",
-    "label",
-    "user",
-    "occurred_at",
-    "generation_ids",
-    "event_ids",
-    "content_hash",
-    "active",
-    "built_at",
-)
-assert set(_COPY_COLUMNS) == set(_COLUMNS), "a training_rows column is missing from _csv"
-_QUOTED = ", ".join(f'"{c}"' for c in _COPY_COLUMNS)
-# New keys go in by COPY: half the server time of the upsert, which parses a JSON document and looks for a conflict
-# per row. No one else writes this project's rows meanwhile (the build lock).
-_COPY_SQL = f"COPY training_rows ({_QUOTED}) FROM STDIN WITH (FORMAT csv)"
+_COPY_TYPES = [_pg_oid(_ROWS.c[c]) for c in _COLUMNS]
+
+
+class _JsonbDumper(Dumper):
+    """jsonb in binary COPY by orjson: a version byte, then the text (psycopg's own goes through `json`)."""
+
+    format = Format.BINARY
+    oid = _pg_oid(_ROWS.c.event_ids)
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + orjson.dumps(obj)
+
+
+_QUOTED = ", ".join(f'"{c}"' for c in _COLUMNS)
+# New keys go in by binary COPY: half the server time of the upsert, which parses a JSON document and looks for a
+# conflict per row, and a third less than COPY's csv, which scans every text for quotes; psycopg formats the rows
+# in C. No one else writes this project's rows meanwhile (the build lock).
+_COPY_SQL = f"COPY training_rows ({_QUOTED}) FROM STDIN WITH (FORMAT binary)"
 _WRITE_CHUNK = 5000
 _ANALYZE_AFTER = 1000  # rows written, see _Build.analyze_rows
 _SECRET = re.compile(r"<secret:[^<>\s]{1,64}>")
@@ -289,7 +302,7 @@ class _Old:
 class _Plan:
     """What one generation may yield, once its generation gates passed."""
 
-    g: Row[Any]
+    g: _Gen
     order: tuple[datetime, str]
     label: bool | None  # the completion's kto label, from the strongest signal
     signal: tuple[str, datetime] | None  # the event behind that label
@@ -302,7 +315,7 @@ class _Plan:
 
 @dataclass
 class _Page:
-    gens: dict[int, Row[Any]]  # the changed generations and the rest of their prompt groups
+    gens: dict[int, _Gen]  # the changed generations and the rest of their prompt groups
     produced: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -348,8 +361,8 @@ class _Build:
 
     def run(self, since: datetime | None, batch_size: int) -> None:
         """Page by page: read the changed generations and their groups, derive their rows, write the difference.
-        (Writing from a thread while the next page is derived was slower here: the thread's many small sends
-        contend with the derivation for the GIL.)"""
+        (A COPY from a thread, sent while the next page is read and derived, saved 0.5 s of 24 on two busy cores
+        for 0.5 s more CPU, so it is not done: it pays only where a core is idle. See benchmarks/README.md.)"""
         cursor = None
         while True:
             rows = self._timed("read", self._changed_page, since, cursor, batch_size)
@@ -372,7 +385,7 @@ class _Build:
 
     # -- reading -----------------------------------------------------------------------------------------------
 
-    def _changed_page(self, since: datetime | None, cursor: tuple[datetime, int] | None, limit: int) -> list[Row[Any]]:
+    def _changed_page(self, since: datetime | None, cursor: tuple[datetime, int] | None, limit: int) -> list[_Gen]:
         query = select(*_READ).where(_GEN.c.project_id == self.project_id)
         if since is not None:
             query = query.where(_GEN.c.updated_at >= since)
@@ -381,20 +394,20 @@ class _Build:
             query = query.where(
                 _GEN.c.updated_at >= at, or_(_GEN.c.updated_at > at, and_(_GEN.c.updated_at == at, _GEN.c.id > pk))
             )
-        rows = list(self.session.execute(query.order_by(_GEN.c.updated_at, _GEN.c.id).limit(limit)).all())
+        rows = _gens(self.session.execute(query.order_by(_GEN.c.updated_at, _GEN.c.id).limit(limit)))
         self.read += len(rows)
         if rows:
             self.watermark = max(self.watermark or rows[-1].updated_at, rows[-1].updated_at)
         return rows
 
-    def _load(self, rows: list[Row[Any]]) -> _Page | None:
+    def _load(self, rows: list[_Gen]) -> _Page | None:
         gens = {g.id: g for g in rows if self.seen.get(g.id) != g.updated_at}
         if not gens:
             return None
         self._add_groups(gens, {g.prompt_hash for g in gens.values() if g.prompt_hash})
         return _Page(gens)
 
-    def _add_groups(self, gens: dict[int, Row[Any]], hashes: set[str]) -> list[Row[Any]]:
+    def _add_groups(self, gens: dict[int, _Gen], hashes: set[str]) -> list[_Gen]:
         """Load the members of these prompt groups that are not loaded yet: ids first, so no text is read twice."""
         if not hashes:
             return []
@@ -406,11 +419,11 @@ class _Build:
         missing = sorted(set(ids) - gens.keys())
         if not missing:
             return []
-        added = self.session.execute(select(*_READ).where(_one_of(self.session, _GEN.c.id, missing, True))).all()
+        added = _gens(self.session.execute(select(*_READ).where(_one_of(self.session, _GEN.c.id, missing, True))))
         for g in added:
             gens[g.id] = g
             self.seen[g.id] = g.updated_at
-        return list(added)
+        return added
 
     def _existing(self, gids: list[str]) -> dict[Key, _Old]:
         """What earlier derivations of these generations wrote: through the unique index for the kinds of one
@@ -452,7 +465,7 @@ class _Build:
 
     # -- deriving ----------------------------------------------------------------------------------------------
 
-    def _derive(self, page: _Page, gens: Iterable[Row[Any]] | None = None) -> None:
+    def _derive(self, page: _Page, gens: Iterable[_Gen] | None = None) -> None:
         """Add the rows of these generations (all of the page's by default; whole groups) to `page.produced`."""
         clock = time.perf_counter()
         gens = list(page.gens.values() if gens is None else gens)
@@ -478,7 +491,7 @@ class _Build:
             return "empty"
         return None
 
-    def _plan(self, g: Row[Any]) -> _Plan | None:
+    def _plan(self, g: _Gen) -> _Plan | None:
         """The generation gates, cheapest first, and what the generation may yield."""
         score = g.rating_score
         if g.outcome not in _FEEDBACK and not score:
@@ -544,8 +557,8 @@ class _Build:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SyntaxWarnings of user code (invalid escapes, ...) are not ours
             for p in plans:
-                if _is_python(p.g) and not _parses(p.g.final_text):
-                    undecided.append((p, _parses(p.g.completion)))
+                if _is_python(p.g) and not parses(p.g.final_text):
+                    undecided.append((p, parses(p.g.completion)))
             if not undecided:
                 return
             query = select(_GEN.c.id, _GEN.c.prefix, _GEN.c.suffix).where(
@@ -554,9 +567,9 @@ class _Build:
             context = {pk: (prefix, suffix) for pk, prefix, suffix in self.session.execute(query).all()}
             for p, completion_parses in undecided:
                 prefix, suffix = context.get(p.g.id, (None, None))
-                if _parses_within(p.g.final_text, prefix, suffix):
+                if parses_within(p.g.final_text, prefix, suffix):
                     continue
-                if completion_parses or _parses_within(p.g.completion, prefix, suffix):
+                if completion_parses or parses_within(p.g.completion, prefix, suffix):
                     p.broken = True
                     self.gates["broken_syntax"] += 1
 
@@ -676,7 +689,7 @@ class _Build:
         rejected: str | None = None,
         completion: str | None = None,
         label: bool | None = None,
-        also: Row[Any] | None = None,
+        also: _Gen | None = None,
     ) -> dict[str, Any]:
         """A row; `chosen`, `rejected` and `completion` say where their text is: the generation's "final" text or
         "completion", or the "other" generation's completion (a choice pair's rejected side)."""
@@ -733,9 +746,12 @@ class _Build:
         clock = time.perf_counter()
         if self.pg and inserts:
             cursor = self.session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.adapters.register_dumper(None, _JsonbDumper)
             with cursor.copy(_COPY_SQL) as out:
-                for start in range(0, len(inserts), _WRITE_CHUNK):
-                    out.write(_csv(inserts[start : start + _WRITE_CHUNK]))
+                out.set_types(_COPY_TYPES)
+                values = itemgetter(*_COLUMNS)
+                for row in inserts:
+                    out.write_row(values(row))
         elif inserts:
             upserts += inserts
         for start in range(0, len(upserts), _WRITE_CHUNK):
@@ -799,49 +815,29 @@ class _Build:
         return inserts, upserts
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    """Rows for `COPY ... (FORMAT csv)` in _COPY_COLUMNS order: quoted text is NULL-safe (an unquoted empty field
-    is NULL), and the only escape is a doubled quote."""
-
-    def q(value: str | None) -> str:
-        return "" if value is None else '"' + value.replace('"', '""') + '"'
-
-    def j(value: Any) -> str:
-        return "" if value is None else '"' + orjson.dumps(value).decode().replace('"', '""') + '"'
-
-    stamps: dict[datetime, str] = {}  # a generation's rows share their times
-
-    def at(value: datetime) -> str:
-        found = stamps.get(value)
-        if found is None:
-            found = stamps[value] = value.isoformat()
-        return found
-
-    lines = [
-        f"{r['project_id']},{q(r['kind'])},{q(r['source_key'])},{q(r['prompt'])},{j(r['messages'])},"
-        f"{q(r['prompt_hash'])},{q(r['chosen'])},{q(r['rejected'])},{q(r['completion'])},"
-        f"{'' if r['label'] is None else 't' if r['label'] else 'f'},{q(r['user'])},{at(r['occurred_at'])},"
-        f"{j(r['generation_ids'])},{j(r['event_ids'])},{r['content_hash']},{'t' if r['active'] else 'f'},"
-        f"{at(r['built_at'])}\n"
-        for r in rows
-    ]
-    return "".join(lines)
+def _gens(result: Result[Any]) -> list[_Gen]:
+    return list(map(_Gen._make, result.all()))
 
 
 def _events(*events: tuple[str, datetime]) -> tuple[list[str], datetime]:
     """The ids of the events behind a row, and when the latest of them happened. (Rows of one generation share
     the list: nothing changes it.)"""
-    return [event_id for event_id, _ in events], max(at for _, at in events)
+    ids, latest = [], events[0][1]
+    for event_id, at in events:
+        ids.append(event_id)
+        if at > latest:
+            latest = at
+    return ids, latest
 
 
-def _decision_events(g: Row[Any]) -> list[tuple[str, datetime]]:
+def _decision_events(g: _Gen) -> list[tuple[str, datetime]]:
     events = [(g.shown_event_id, g.shown_at), (g.decision_event_id, g.decided_at)]
     if g.rating_score:
         events.append((g.rating_event_id, g.rated_at))
     return events
 
 
-def _is_python(g: Row[Any]) -> bool:
+def _is_python(g: _Gen) -> bool:
     return (g.language or "").lower() == "python" or (g.file_path or "").lower().endswith(_PYTHON_SUFFIXES)
 
 
@@ -855,27 +851,3 @@ def _whitespace_only(a: str, b: str) -> bool:
 
 def _not_space(text: str) -> int:
     return len(text) - text.count(" ") - text.count("\n") - text.count("\t") - text.count("\r")
-
-
-def _compiles(source: str) -> bool:
-    try:
-        compile(source, "<training-row>", "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return False
-    return True
-
-
-def _parses(source: str) -> bool:
-    """As it is, or as the body of a block: a completion inside a function body comes indented. (What dedenting
-    gives, without its regexes, and it also takes a fragment that closes its block and goes on outside it.)"""
-    if _compiles(source):
-        return True
-    start = len(source) - len(source.lstrip("\n"))
-    return source[start : start + 1] in (" ", "\t") and _compiles("if 1:\n" + source)
-
-
-def _parses_within(source: str, prefix: str | None, suffix: str | None) -> bool:
-    """After the code before the cursor (a completion that starts mid-line), then with the code after it too."""
-    if prefix and _compiles(prefix + source):
-        return True
-    return suffix is not None and suffix != "" and _compiles((prefix or "") + source + suffix)
