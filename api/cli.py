@@ -92,7 +92,7 @@ def serve(
     import subprocess
     import sys
 
-    import uvicorn
+    from api.serve import run
 
     settings = get_settings()
     ready_schema(settings)
@@ -104,15 +104,7 @@ def serve(
         console.print(f"background worker and schedule: pid {helper.pid}, broker {settings.celery_broker_url}")
     console.print(f"editloop collector on http://{host}:{port} (database: {_where(settings)})")
     try:
-        uvicorn.run(
-            "api.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="info",
-            access_log=False,
-        )
+        run(host, port, workers)  # several workers: a SO_REUSEPORT socket each (api/serve.py)
     finally:
         if helper is not None:
             helper.terminate()

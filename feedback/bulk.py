@@ -45,18 +45,23 @@ class BulkWriter:
             if self.update
             else "DO NOTHING"
         )
-        self.pg_sql = text(
+        # Without its RETURNING clause, for statements that build on it (a data-modifying CTE).
+        self.insert_sql = (
             f"INSERT INTO {table.name} ({names}) SELECT {names} FROM json_to_recordset(CAST(:rows AS json)) "
-            f"AS r({record}) {on_conflict}" + (f' RETURNING "{returning}"' if returning else "")
+            f"AS r({record}) {on_conflict}"
         )
+        self.pg_sql = text(self.insert_sql + (f' RETURNING "{returning}"' if returning else ""))
+
+    def document(self, rows: list[dict[str, Any]]) -> str:
+        """The rows as the JSON document that `insert_sql` takes as `:rows`."""
+        return orjson.dumps([{c: r[c] for c in self.columns} for r in rows]).decode()
 
     def write(self, session: Session, rows: list[dict[str, Any]]) -> list[Any]:
         """Insert (or upsert) rows in the given order; returns the `returning` column of the rows written."""
         if not rows:
             return []
         if session.get_bind().dialect.name == "postgresql":
-            document = orjson.dumps([{c: r[c] for c in self.columns} for r in rows]).decode()
-            result = session.execute(self.pg_sql, {"rows": document})
+            result = session.execute(self.pg_sql, {"rows": self.document(rows)})
             return list(result.scalars()) if self.returning else []
         stmt = dialect_insert(session, self.table)
         if self.update:

@@ -66,6 +66,13 @@ def is_excluded(file_path: str | None, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(file_path, g) or fnmatch.fnmatchcase(name, g) for g in globs)
 
 
+# Deferred folding on Postgres: the events and their fold_queue row in one statement (one round trip).
+_PG_STORE_AND_QUEUE = text(
+    f"WITH ins AS ({_WRITE_EVENTS.insert_sql} RETURNING event_id, generation_id), q AS (INSERT INTO fold_queue"
+    " (project_id, generation_ids, queued_at) SELECT :p, jsonb_agg(DISTINCT ins.generation_id), :t FROM ins"
+    " HAVING count(*) > 0) SELECT event_id FROM ins"
+)
+
 # Code-bearing events of generations whose `generation` event (stored earlier, perhaps not folded yet) has an
 # excluded path: their code is dropped before it is stored.
 _PG_EXCLUDED = text(
@@ -179,11 +186,10 @@ def store(
         for e in events
         if not isinstance(e, GenerationEvent) and any(getattr(e, f, None) is not None for f in FEEDBACK_CODE)
     }
-    excluded = newly_excluded | (
-        _excluded_before(session, project_id, sorted(with_code - newly_excluded))
-        if with_code - newly_excluded
-        else set()
-    )
+    # With no globs now, no generation can be excluded now. (One excluded under globs since removed keeps its code out
+    # all the same: the fold redacts feedback code of excluded generations.)
+    earlier = sorted(with_code - newly_excluded) if globs else []
+    excluded = newly_excluded | (_excluded_before(session, project_id, earlier) if earlier else set())
 
     order = sorted(by_id)  # one insert order everywhere, so concurrent batches cannot deadlock
     rows = []
@@ -211,12 +217,16 @@ def store(
                 "excluded": isinstance(event, GenerationEvent) and event.generation_id in newly_excluded,
             }
         )
-    stored = set(_WRITE_EVENTS.write(session, rows))
-    touched = {by_id[event_id].generation_id for event_id in stored}
-    if fold_inline:
-        fold.fold(session, {project_id: touched})
+    if not fold_inline and session.get_bind().dialect.name == "postgresql":
+        params = {"rows": _WRITE_EVENTS.document(rows), "p": project_id, "t": now}
+        stored = set(session.scalars(_PG_STORE_AND_QUEUE, params))
     else:
-        fold.enqueue(session, project_id, touched)
+        stored = set(_WRITE_EVENTS.write(session, rows))
+        touched = {by_id[event_id].generation_id for event_id in stored}
+        if fold_inline:
+            fold.fold(session, {project_id: touched})
+        else:
+            fold.enqueue(session, project_id, touched)
     return Written(stored, {event_id: found for event_id, found in secrets.items() if event_id in stored})
 
 

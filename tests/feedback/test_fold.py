@@ -194,3 +194,19 @@ def test_the_cli_folds_what_is_queued(pg, monkeypatch):
     finally:
         get_settings.cache_clear()
     assert queued(pg, p) == 0 and joined(pg, p)[gid]["outcome"] == "edited"
+
+
+def test_feedback_of_a_generation_excluded_under_globs_since_removed_keeps_no_code(pg):
+    from core.projects import Project
+
+    p = project(pg, excluded_paths=["*.pem"])
+    gid = new_id()
+    send(pg, p, [generation(gid, 0, file_path="keys/server.pem")], "deferred")
+    with session_scope(pg) as session:
+        session.get(Project, p).excluded_paths = []  # type: ignore[union-attr]
+    send(pg, p, [feedback(gid, "edited", 5, final_text="PRIVATE = 1\n")], "deferred")
+    with session_scope(pg) as session:
+        got = get_generation(session, p, gid)
+        payloads = session.scalars(select(FeedbackEvent.payload).where(FeedbackEvent.project_id == p)).all()
+    assert got.excluded and got.final_text is None and got.outcome == "edited"
+    assert "PRIVATE" not in repr(payloads)
