@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_queued=settings.group_commit_max_queued,
             writers=settings.group_commit_writers,
             settings=settings,
-            after_commit=app.state.folder.poke,
+            after_commit=app.state.folder.poke if settings.ingest_fold == "deferred" else None,
         )
         # The folder stops after the committer: what the last requests queued is folded on the way out.
         async with app.state.folder, app.state.group_commit:

@@ -19,7 +19,7 @@ the earlier one read and more. The background folder claims queue rows with SKIP
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
@@ -174,8 +174,6 @@ def _recompute(session: Session, project_id: int, events: Sequence[Any], now: da
 
 def _utc(value: Any) -> datetime:
     """Timestamps come back as datetimes from Postgres and as text from SQLite's raw rows."""
-    from datetime import UTC
-
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
