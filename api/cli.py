@@ -55,7 +55,7 @@ def db_fold(
 ) -> None:
     """Fold the events that deferred ingest has queued into `generations` now (the API's folder does this by
     itself a moment after each ingest; this is for a server that is stopped, or before a downgrade)."""
-    from core.db import session_scope
+    from core.db import get_sessionmaker, session_scope
     from feedback import fold
 
     settings = get_settings()
@@ -65,13 +65,7 @@ def db_fold(
     console.print(f"fold queue: {before['rows']} rows{age}")
     if status or not before["rows"]:
         return
-    folded = 0
-    while True:
-        with session_scope(settings.sqlalchemy_url) as session:
-            taken, n = fold.fold_queued(session, settings.fold_batch_rows)
-        folded += n
-        if taken < settings.fold_batch_rows:
-            break
+    folded = fold.drain(get_sessionmaker(settings.sqlalchemy_url), settings.fold_batch_rows)
     console.print(f"folded {folded} generations")
 
 

@@ -11,19 +11,11 @@ import logging
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from api.group_commit import _transient
+from api.group_commit import TRANSIENT_RETRY
 from feedback import fold
 
 log = logging.getLogger(__name__)
-
-_RETRY = Retrying(
-    retry=retry_if_exception(_transient),
-    stop=stop_after_attempt(5),
-    wait=wait_random_exponential(0.01, 0.5),
-    reraise=True,
-)
 
 
 class Folder:
@@ -32,6 +24,7 @@ class Folder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.folded = 0  # generations written since start
+        self._postgres: bool | None = None  # known at the first drain
 
     async def __aenter__(self) -> "Folder":
         self._task = asyncio.create_task(self._loop())
@@ -68,18 +61,10 @@ class Folder:
                 await asyncio.sleep(1.0)
 
     def _drain(self) -> None:
-        """In a worker thread: fold batches until a batch comes back short (the queue is empty, or others hold
-        the rest)."""
-        while True:
-            taken = _RETRY(self._step)
-            if taken < self.batch_rows:
-                return
-
-    def _step(self) -> int:
-        with self.sessions() as session:
-            if session.get_bind().dialect.name != "postgresql":
-                return 0
-            taken, folded = fold.fold_queued(session, self.batch_rows)
-            session.commit()
-        self.folded += folded
-        return taken
+        """In a worker thread: fold until the queue is empty (or others hold the rest). On Postgres only: SQLite
+        folds inline and has no queue."""
+        if self._postgres is None:
+            with self.sessions() as session:
+                self._postgres = session.get_bind().dialect.name == "postgresql"
+        if self._postgres:
+            self.folded += TRANSIENT_RETRY(fold.drain, self.sessions, self.batch_rows)

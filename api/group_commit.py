@@ -30,15 +30,16 @@ from feedback.schemas import Event, IngestResult
 log = logging.getLogger(__name__)
 
 
-def _transient(exc: BaseException) -> bool:
+def transient(exc: BaseException) -> bool:
     # Postgres deadlock (40P01) or serialization failure (40001); SQLite "database is locked".
     code = getattr(getattr(exc, "orig", None), "sqlstate", None)
     return isinstance(exc, OperationalError) and (code in ("40P01", "40001") or "locked" in str(exc))
 
 
-# Thread-safe: tenacity keeps each call's state in a thread-local.
-_RETRY = Retrying(
-    retry=retry_if_exception(_transient),
+# Retries a function on a transient database error. Thread-safe: tenacity keeps each call's state in a
+# thread-local. The folder (api/folder.py) uses it too.
+TRANSIENT_RETRY = Retrying(
+    retry=retry_if_exception(transient),
     stop=stop_after_attempt(5),
     wait=wait_random_exponential(0.01, 0.5),
     reraise=True,
@@ -171,7 +172,7 @@ class GroupCommitter:
         """In a worker thread: one transaction for the group; if it fails, one per submission."""
         if len(group) > 1:
             try:
-                return list(_RETRY(self._transaction, group))
+                return list(TRANSIENT_RETRY(self._transaction, group))
             except Exception:
                 log.warning(
                     "a shared transaction of %d requests failed; retrying each alone", len(group), exc_info=True
@@ -179,7 +180,7 @@ class GroupCommitter:
         outcomes: list[IngestResult | Exception] = []
         for submission in group:
             try:
-                outcomes += _RETRY(self._transaction, [submission])
+                outcomes += TRANSIENT_RETRY(self._transaction, [submission])
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes

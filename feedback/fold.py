@@ -6,10 +6,11 @@ gives the same row. Ingest decides when it runs (`Settings.ingest_fold`):
 
 - `inline` (always on SQLite): the ingest transaction folds the generations it touched before it commits.
 - `deferred` (the Postgres default): the ingest transaction only appends its events and one `fold_queue` row naming
-  the generations it touched. A folder in every API process (`api/folder.py`) folds what queued shortly after each
-  commit, in large set-based batches (a generation and its feedback, posted back to back, fold in one write). Every
-  reader of `generations` first calls `settle`, which folds what is still queued for what it reads (or waits for
-  the folder that holds it), so a read that follows a 2xx sees every event that the 2xx acknowledged.
+  the generations it touched, in one statement (feedback/service.py). A folder in every API process (`api/folder.py`)
+  folds what queued shortly after each commit, in large set-based batches (a generation and its feedback, posted
+  back to back, fold in one write). Every reader of `generations` first calls `settle`, which folds what is still
+  queued for what it reads (or waits for the folder that holds it), so a read that follows a 2xx sees every event
+  that the 2xx acknowledged.
   Nothing queued is lost: the queue row commits with its events, and a folder or a reader deletes it only in the
   transaction that writes the fold.
 
@@ -24,7 +25,7 @@ from typing import Any, cast
 
 import orjson
 from sqlalchemy import Table, bindparam, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import utcnow
 from core.settings import Settings
@@ -40,7 +41,6 @@ _WRITE_GENERATIONS = BulkWriter(
     update=[c.name for c in _GEN.columns if c.name not in ("id", "project_id", "generation_id", "created_at")],
 )
 
-_ENQUEUE = text("INSERT INTO fold_queue (project_id, generation_ids, queued_at) VALUES (:p, CAST(:g AS jsonb), :t)")
 # Readers: what is queued for a project (or for some of its generations). Without SKIP LOCKED: a row that a folder
 # holds is waited for, and once that folder commits, the row is gone and its generations are folded.
 _SETTLE_PROJECT = text("DELETE FROM fold_queue WHERE project_id = :p RETURNING project_id, generation_ids")
@@ -79,13 +79,6 @@ def inline(session: Session, settings: Settings) -> bool:
     return settings.ingest_fold == "inline" or not _pg(session)
 
 
-def enqueue(session: Session, project_id: int, generation_ids: Iterable[str]) -> None:
-    """Note, in the caller's transaction, that these generations have events to fold."""
-    ids = sorted(set(generation_ids))
-    if ids:
-        session.execute(_ENQUEUE, {"p": project_id, "g": orjson.dumps(ids).decode(), "t": utcnow()})
-
-
 def _claimed(rows: Iterable[Any]) -> Claims:
     claims: Claims = {}
     for project_id, ids in rows:
@@ -113,6 +106,19 @@ def fold_queued(session: Session, rows: int) -> tuple[int, int]:
     taken, generations folded). The caller commits."""
     taken = list(session.execute(_CLAIM, {"n": rows}))
     return len(taken), fold(session, _claimed(taken))
+
+
+def drain(sessions: sessionmaker[Session], rows: int) -> int:
+    """Fold the whole queue (what no one else holds), `rows` queue rows per transaction; returns the generations
+    folded. The API's folder and `editloop db fold` both run this."""
+    folded = 0
+    while True:
+        with sessions() as session:
+            taken, n = fold_queued(session, rows)
+            session.commit()
+        folded += n
+        if taken < rows:
+            return folded
 
 
 def backlog(session: Session) -> dict[str, Any]:

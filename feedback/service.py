@@ -220,13 +220,9 @@ def store(
     if not fold_inline and session.get_bind().dialect.name == "postgresql":
         params = {"rows": _WRITE_EVENTS.document(rows), "p": project_id, "t": now}
         stored = set(session.scalars(_PG_STORE_AND_QUEUE, params))
-    else:
+    else:  # SQLite has no fold queue: it always folds here
         stored = set(_WRITE_EVENTS.write(session, rows))
-        touched = {by_id[event_id].generation_id for event_id in stored}
-        if fold_inline:
-            fold.fold(session, {project_id: touched})
-        else:
-            fold.enqueue(session, project_id, touched)
+        fold.fold(session, {project_id: {by_id[event_id].generation_id for event_id in stored}})
     return Written(stored, {event_id: found for event_id, found in secrets.items() if event_id in stored})
 
 

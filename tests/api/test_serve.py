@@ -36,6 +36,14 @@ def _wait(check, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.2)
 
 
+def _serve(db_url: str) -> tuple[subprocess.Popen, int]:
+    """`editloop serve --workers 2` as a user starts it, on a free port."""
+    port = free_port()
+    env = {**os.environ, "EDITLOOP_DATABASE_URL": db_url}
+    argv = [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", "2", "--no-background"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port
+
+
 def _healthy(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
@@ -45,10 +53,7 @@ def _healthy(port: int) -> bool:
 
 @pytest.mark.skipif(not reuseport_supported(), reason="SO_REUSEPORT load balancing is Linux's")
 def test_workers_are_supervised_and_stop_on_sigterm(pg_url):
-    port = free_port()
-    env = {**os.environ, "EDITLOOP_DATABASE_URL": pg_url}
-    argv = [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", "2", "--no-background"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port = _serve(pg_url)
     try:
         _wait(lambda: _healthy(port) and len(_children(proc.pid)) == 2)
         first = _children(proc.pid)
@@ -73,10 +78,7 @@ def test_workers_are_supervised_and_stop_on_sigterm(pg_url):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_sigkilled_supervisor_leaves_no_orphan_workers(pg_url):
-    port = free_port()
-    env = {**os.environ, "EDITLOOP_DATABASE_URL": pg_url}
-    argv = [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", "2", "--no-background"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port = _serve(pg_url)
     try:
         _wait(lambda: _healthy(port) and len(_children(proc.pid)) == 2)
         workers = _children(proc.pid)
