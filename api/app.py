@@ -4,6 +4,7 @@ import gc
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -16,6 +17,17 @@ from api.routes import adapters, datasets, events, generations, integrations, op
 from core.db import get_sessionmaker
 from core.queue import configure as configure_queue
 from core.settings import Settings, get_settings
+
+
+class Collector(FastAPI):
+    """The app, with one entrance ahead of FastAPI's stack: POST /v1/events with a Content-Length goes straight to
+    `events.ingest_directly` (see api/routes/events.py for why). Middleware added to this app does not see those
+    requests."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if events.is_ingest(scope) and await events.ingest_directly(self, scope, receive, send):
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sys.setswitchinterval(0.001)
             yield  # on the way out, every request still waiting for its transaction is answered
 
-    app = FastAPI(
+    app = Collector(
         title="editloop",
         version="0.1.0",
         description="Collects what editor users do with generated code, so a coding tool can train its own model.",

@@ -2,7 +2,7 @@
 
 import time
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,20 +51,25 @@ class KeyCache:
 
 
 async def principal(request: Request) -> Principal:
-    header = request.headers.get("authorization")
+    return await authenticated(request.app, request.headers.get("authorization"))
+
+
+async def authenticated(app: Any, header: str | None) -> Principal:
+    """The caller of an `Authorization` header value: from the key cache, or looked up (and then cached)."""
     if not header:
         raise Unauthenticated("Authorization: missing; send `Authorization: Bearer <key>`")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthenticated("Authorization: expected `Bearer <key>`")
     key = key.strip()
-    cache: KeyCache = request.app.state.key_cache
+    cache: KeyCache = app.state.key_cache
     digest = hash_key(key)
     found = cache.get(digest)
     if found is None:
+        sessions: sessionmaker[Session] = app.state.sessions
 
         def lookup() -> Principal | None:
-            with sessions_of(request)() as session:
+            with sessions() as session:
                 return authenticate(session, key)
 
         found = await run_in_threadpool(lookup)

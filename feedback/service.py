@@ -219,7 +219,7 @@ def store(
         )
     if not fold_inline and session.get_bind().dialect.name == "postgresql":
         params = {"rows": _WRITE_EVENTS.document(rows), "p": project_id, "t": now}
-        stored = set(session.scalars(_PG_STORE_AND_QUEUE, params))
+        stored = set(session.connection().scalars(_PG_STORE_AND_QUEUE, params))  # Core: no ORM execute layers
     else:  # SQLite has no fold queue: it always folds here
         stored = set(_WRITE_EVENTS.write(session, rows))
         fold.fold(session, {project_id: {by_id[event_id].generation_id for event_id in stored}})

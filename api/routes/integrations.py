@@ -22,4 +22,4 @@ async def post_continue(request: Request, key: IngestKey) -> Response:
     events = map_continue_event(body)
     if not events:
         return respond(IngestResult(received=0, stored=0, duplicates=0, errors=[], secrets_redacted={}))
-    return respond(await store_events(request, key, events))
+    return respond(await store_events(request.app, key, events))

@@ -115,7 +115,7 @@ async def _serve(request: Request, key: Principal, body: CompletionRequest | Cha
     except BackendUnavailable as exc:
         return _unavailable(exc)
     latency_ms = (time.perf_counter() - started) * 1000
-    answer(await store_events(request, key, [gateway.event(generation_id, body, resolved, result, latency_ms)]))
+    answer(await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)]))
     if chat:
         return ChatCompletion(
             id=generation_id,
@@ -207,7 +207,7 @@ async def _stream(
             yield _sse({"error": {"message": exc.detail, "type": exc.code, "param": None, "code": status}})
             return
         latency_ms = (time.perf_counter() - started) * 1000
-        answer(await store_events(request, key, [gateway.event(generation_id, body, resolved, result, latency_ms)]))
+        answer(await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)]))
         yield _sse(chunk(None if chat else "", result.finish_reason))
         if body.include_usage:
             yield _sse({**head, "choices": [], "usage": _usage(result).model_dump()})

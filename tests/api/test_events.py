@@ -243,3 +243,62 @@ def test_raw_log_holds_one_row_per_event(tenant, server):
     assert sorted(r.event_id for r in rows) == sorted(e["event_id"] for e in batch)
     edited = next(r for r in rows if r.type == "edited")
     assert edited.payload == {"final_text": "pass\n"}
+
+
+def _batch(*events: dict) -> bytes:
+    return orjson.dumps({"events": list(events)})
+
+
+def _entrance_cases() -> dict[str, object]:
+    """Request bodies (a function of a fresh generation id, so each entrance stores its own) and what they test."""
+    secret = "AKIA" + "IOSFODNN7EXAMPLE"
+    return {
+        "stored": lambda gid: _batch(generation(gid), feedback(gid, "edited", 1, final_text=f"key = '{secret}'\n")),
+        "partly invalid": lambda gid: _batch(generation(gid), {"event_id": "e-bad", "type": "rating"}),
+        "all invalid": lambda gid: _batch({"event_id": "x", "type": "bogus", "generation_id": gid}),
+        "not json": lambda gid: b'{"events": [',
+        "not utf-8": lambda gid: b'{"events": ["\xff"]}',
+        "wrong shape": lambda gid: b"[]",
+        "unknown field": lambda gid: orjson.dumps({"events": [], "extra": 1}),
+        "too many events": lambda gid: _batch(*[generation(new_id()) for _ in range(51)]),
+        "no key": lambda gid: _batch(generation(gid)),
+        "unknown key": lambda gid: _batch(generation(gid)),
+        "too large": lambda gid: _batch(generation(gid, completion="x" * 300_000)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_entrance_cases()))
+def test_both_entrances_answer_alike(tenant, server, monkeypatch, case):
+    """A body with a Content-Length is answered by api.routes.events.ingest_directly ahead of FastAPI; a chunked
+    one by the FastAPI route. Both must give the same status, headers that matter, and body."""
+    import api.routes.events as events_module
+
+    handled: list[bool] = []
+    direct = events_module.ingest_directly
+
+    async def counted(*args):
+        handled.append(await direct(*args))
+        return handled[-1]
+
+    monkeypatch.setattr(events_module, "ingest_directly", counted)
+    make = _entrance_cases()[case]
+    headers = {"Authorization": "Bearer wrong"} if case == "unknown key" else {}
+    answers = {}
+    for entrance in ("content-length", "chunked"):
+        body = make(new_id())
+        content = body if entrance == "content-length" else iter([body[: len(body) // 2], body[len(body) // 2 :]])
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            key = {} if case == "no key" else {"Authorization": f"Bearer {tenant.ingest_key}"}
+            r = client.post("/v1/events", content=content, headers={**key, **headers})
+        assert ("content-length" in r.request.headers) == (entrance == "content-length")
+        answer = r.json()
+        if case == "too large":  # a declared length is refused before reading, a chunked body once it crosses
+            assert answer["detail"].startswith("body: 300" if entrance == "content-length" else "body: more than")
+            answer.pop("detail")
+        answers[entrance] = (r.status_code, r.headers.get("content-type"), r.headers.get("www-authenticate"), answer)
+    assert handled == [True, False]  # the first went the direct way, the chunked one declined to the route
+    assert answers["content-length"] == answers["chunked"]
+    status = answers["chunked"][0]
+    expected = {"stored": 200, "partly invalid": 200, "not json": 400, "not utf-8": 400, "no key": 401}
+    expected |= {"unknown key": 401, "too large": 413}
+    assert status == expected.get(case, 422), answers
