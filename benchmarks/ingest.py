@@ -796,7 +796,9 @@ PROFILE_RULES = [
     ("SQLAlchemy (build, compile, execute, ORM)", ("sqlalchemy/",)),
     ("service.ingest own code", ("feedback/service.py",)),
     ("read body + orjson (api/body.py)", ("api/body.py",)),
-    ("threadpool hop + tenacity", ("anyio/", "tenacity/", "starlette/concurrency")),
+    ("uvicorn's response writes (socket)", ("RequestResponseCycle.send (",)),
+    ("thread hops, tenacity, rest of group commit", ("anyio/", "tenacity/", "starlette/concurr", "concurrent/")),
+    ("direct entrance (api/routes/events.py, api/deps.py)", ("api/routes/events.py", "api/deps.py")),
     ("FastAPI/Starlette (routing, deps, response)", ("fastapi/", "starlette/", "pydantic/")),
     ("uvicorn + event loop", ("uvicorn/", "asyncio/", "httptools", "uvloop")),
 ]

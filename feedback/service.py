@@ -28,7 +28,7 @@ from feedback.schemas import (
     IngestResult,
     parse_event,
 )
-from feedback.scrub import scrub_text
+from feedback.scrub import may_hold_secrets, scrub_text
 
 _COMMON = {"event_id", "type", "generation_id", "occurred_at"}
 _GEN = cast(Table, Generation.__table__)
@@ -42,6 +42,17 @@ _WRITE_EVENTS = BulkWriter(
 # The shortest text in which scrub_text finds a secret has 7 characters (`://:pw@`, a password in a URL); the many
 # short strings of an event (language, user, version...) skip the scan.
 MIN_SECRET_CHARS = 7
+
+
+def _texts(value: dict[str, Any] | list[Any], out: list[str]) -> list[str]:
+    """The strings in a payload that could hold a secret."""
+    for item in value.values() if isinstance(value, dict) else value:
+        if isinstance(item, str):
+            if len(item) >= MIN_SECRET_CHARS:
+                out.append(item)
+        elif isinstance(item, dict | list):
+            _texts(item, out)
+    return out
 
 
 def _scrub(value: Any, counts: Counter[str]) -> Any:
@@ -201,7 +212,9 @@ def store(
             for field in (*GENERATION_CODE, *FEEDBACK_CODE):
                 payload.pop(field, None)
         found: Counter[str] = Counter()
-        payload = _scrub(payload, found)
+        texts = _texts(payload, [])
+        if texts and may_hold_secrets(texts):  # most events: one prefilter pass over all their texts, and clean
+            payload = _scrub(payload, found)
         if found:
             secrets[event_id] = found
         rows.append(

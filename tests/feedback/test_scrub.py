@@ -635,3 +635,33 @@ def test_repeated_detector_prefixes_are_fast(unit: str) -> None:
     # Every occurrence is a match attempt and some are matches, so this is slower than the lines above; the
     # limit is generous for a loaded machine, while a quadratic regex takes from several seconds to minutes.
     assert _seconds_to_scrub((unit * (200_000 // len(unit) + 1))[:200_000]) < 2.0
+
+
+# --- The prefilter over many texts at once (how ingest scrubs an event). ---
+
+
+def test_texts_scanned_together_flag_every_secret_any_of_them_holds() -> None:
+    clean = ["def add(a, b):\n    return a + b\n", "python", "src/app/math_utils.py"]
+    assert not scrub.may_hold_secrets(clean)
+    for text in POSITIVE_TEXTS + EXTRA_POSITIVES:
+        for position in range(len(clean) + 1):
+            assert scrub.may_hold_secrets([*clean[:position], text, *clean[position:]]), text
+
+
+def test_a_text_that_starts_with_an_anchor_is_judged_alone_as_in_a_group() -> None:
+    # `key` counts only inside a compound (api_key), and a text's start is no compound, alone or joined.
+    assert scrub.may_hold_secrets(["key = 1"]) == scrub.may_hold_secrets(["x = 0", "key = 1"]) is False
+    assert scrub.may_hold_secrets(["api_key = 1"]) and scrub.may_hold_secrets(["x = 0", "api_key = 1"])
+
+
+def test_prefilter_over_groups_agrees_with_scrubbing_each_text() -> None:
+    rng = random.Random(7)
+    fragments = POSITIVE_TEXTS + EXTRA_POSITIVES + [ORDINARY_MODULE, "password: ", "token=", "://u:", "eyJ", "İ", "ß"]
+    for _ in range(300):
+        texts = []
+        for _ in range(rng.randint(1, 5)):
+            fragment = rng.choice(fragments)
+            start = rng.randrange(len(fragment))
+            texts.append(fragment[start : start + rng.randint(1, 200)])
+        if not scrub.may_hold_secrets(texts):
+            assert all(scrub_text(text) == (text, {}) for text in texts), texts
