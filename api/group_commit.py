@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 
 
 def transient(exc: BaseException) -> bool:
-    # Postgres deadlock (40P01) or serialization failure (40001); SQLite "database is locked".
-    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    return isinstance(exc, OperationalError) and (code in ("40P01", "40001") or "locked" in str(exc))
+    # Postgres deadlock (40P01) or serialization failure (40001), raised through SQLAlchemy or by psycopg itself
+    # (deferred ingest executes on the DBAPI connection); SQLite "database is locked".
+    code = getattr(getattr(exc, "orig", exc), "sqlstate", None)
+    return code in ("40P01", "40001") or (isinstance(exc, OperationalError) and "locked" in str(exc))
 
 
 # Retries a function on a transient database error. Thread-safe: tenacity keeps each call's state in a

@@ -236,3 +236,18 @@ def test_a_zero_window_commits_each_request_alone(db_url, group_sizes):
     results = asyncio.run(run())
     assert sorted(r.stored for r in results) == [0, 0, 0, 0, 1]
     assert group_sizes == [(1, True)] * 5
+
+
+def test_transient_errors_are_recognized_from_sqlalchemy_and_from_psycopg() -> None:
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from api.group_commit import transient
+
+    deadlock = psycopg.errors.DeadlockDetected("deadlock detected")
+    assert transient(deadlock)  # deferred ingest runs on the DBAPI connection: psycopg's own exception
+    assert transient(OperationalError("INSERT ...", {}, deadlock))
+    assert transient(psycopg.errors.SerializationFailure("could not serialize access"))
+    assert transient(OperationalError("INSERT ...", {}, Exception("database is locked")))
+    assert not transient(psycopg.errors.UniqueViolation("duplicate key"))
+    assert not transient(ValueError("no"))
