@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import Table, bindparam, select, text
 from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.orm import Session
@@ -235,7 +236,8 @@ def store(
             }
         )
     if not fold_inline and session.get_bind().dialect.name == "postgresql":
-        params = {"rows": _WRITE_EVENTS.document(rows), "p": project_id, "t": now}
+        # The rows hold exactly the writer's columns: serialized as they are, without `document`'s copies.
+        params = {"rows": orjson.dumps(rows).decode(), "p": project_id, "t": now}
         cursor = session.connection().connection.cursor()  # inside the session's transaction
         try:
             cursor.execute(_PG_STORE_AND_QUEUE_DBAPI, params)
