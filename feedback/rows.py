@@ -7,7 +7,8 @@ of a prompt), and writes rows keyed by (kind, source_key) with a content hash: a
 written, and a row that a re-derived generation no longer yields is set inactive. Rebuilding is idempotent, so
 re-reading the overlap costs time, never correctness. When the gates change (the project's DatasetConfig, or
 DERIVATION_VERSION), the next build re-derives everything. It works a page of generations at a time, with a few
-queries and one write per page.
+queries and one write per page; on Postgres the next page is read, and the last one written, on a second thread
+while this one derives.
 
 What a generation yields (from its join row and its prompt group alone, so never from the order of events):
 - `edit_pair` `edit:{gid}`: prompt, chosen = the user's final text, rejected = the model's completion (edited).
@@ -48,14 +49,18 @@ within a build, because its group changed again, counts again). Generation gates
 - trivial_pair: a choice pair whose two completions differ only trivially (as a trivial edit would).
 """
 
+import gc
 import hashlib
 import re
 import time
 import warnings
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -66,10 +71,9 @@ from psycopg.pq import Format
 from pydantic import ValidationError
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
-from sqlalchemy import BigInteger, String, and_, any_, cast, func, literal, or_, select, text, update
+from sqlalchemy import BigInteger, Select, String, and_, any_, cast, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSON as PG_JSON
-from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.schema import Table
 
@@ -199,7 +203,7 @@ def build_rows(
         raise NotFound(f"project {project_id} does not exist")
     config = _config(project)
     pg = session.get_bind().dialect.name == "postgresql"
-    restore = None
+    restore = restore_zone = None
     if pg:
         # The same key as feedback.tasks' try-lock (advisory locks nest within a session): concurrent builds of
         # a project would re-derive the same groups and both report the same rows as added.
@@ -223,9 +227,14 @@ def build_rows(
     # Rows made under other gates (or by an older derivation) are rebuilt from scratch: all is re-read.
     if last is not None and last.watermark is not None and (last.report or {}).get("derivation") == build.derivation:
         since = last.watermark - OVERLAP
-    build.run(since, batch_size)
+    if pg:
+        restore_zone = _utc(session)
+    with _gc_paused():
+        build.run(since, batch_size)
     if restore is not None:
         session.execute(text("SELECT set_config('default_toast_compression', :v, true)"), {"v": restore})
+    if restore_zone is not None:
+        session.execute(text("SELECT set_config('TimeZone', :v, true)"), {"v": restore_zone})
 
     record = DatasetBuild(
         project_id=project_id,
@@ -241,6 +250,21 @@ def build_rows(
     session.add(record)
     session.flush()
     return record
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector. A build keeps ~a million small containers alive a page at a time (rows,
+    generations, plans, event lists), and the collector's full passes over them took ~1.6 of 17 CPU seconds of a
+    100,000-generation build, to free ~80,000 objects in all: what little forms cycles waits for the build's end."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _config(project: Project) -> DatasetConfig:
@@ -274,6 +298,16 @@ def _lz4(session: Session) -> str | None:
     if not available:
         return None
     session.execute(text("SELECT set_config('default_toast_compression', 'lz4', true)"))
+    return str(current)
+
+
+def _utc(session: Session) -> str | None:
+    """Set this transaction's TimeZone to UTC, so that psycopg reads timestamps as UTCDateTime would make them
+    (see `_Build._gens`). Returns the setting to restore; None where it was UTC already."""
+    current = session.scalar(text("SELECT current_setting('TimeZone')"))
+    if current == "UTC":
+        return None
+    session.execute(text("SELECT set_config('TimeZone', 'UTC', true)"))
     return str(current)
 
 
@@ -319,6 +353,78 @@ class _Page:
     produced: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
 
+class _Ahead(NamedTuple):
+    """A page read ahead, with the members of the prompt groups that its changed generations seemed to need then."""
+
+    rows: list[_Gen]
+    hashes: set[str]  # the groups whose members were read
+    members: list[_Gen]  # their members outside the page
+
+
+class _Skipped(Exception):
+    """A database job not run because one before it failed."""
+
+
+class _Queue:
+    """The build's database work, run in order on one other thread while this one derives: on Postgres the server
+    sends the next page and stores the last page's rows meanwhile, and psycopg waits for it without holding the
+    GIL. The derivation touches the session only after `drain`, so no two threads ever use it at once. The first
+    error of a job is raised by `result` or `drain`, in order, and the jobs after it are skipped. Unless `threaded`
+    (SQLite runs in this process; the last page has nothing to overlap) a job runs when it is submitted, after the
+    ones before it; the thread starts with the first job it runs, so a build of one page never starts it."""
+
+    def __init__(self, threaded: bool) -> None:
+        self.threaded = threaded
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: deque[Future[Any]] = deque()
+        self.failed = False
+        self.waited = 0.0  # seconds the derivation waited for the jobs
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any]
+        if not self.threaded:
+            self.drain()
+            future = Future()
+            future.set_result(fn(*args))
+            return future
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="build-rows")
+        future = self.pool.submit(self._run, fn, args)
+        self.pending.append(future)
+        return future
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if self.failed:
+            raise _Skipped
+        try:
+            return fn(*args)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def result(self, future: Future[Any]) -> Any:
+        clock = time.perf_counter()
+        try:
+            while future in self.pending:
+                self.pending.popleft().result()
+            return future.result()
+        finally:
+            self.waited += time.perf_counter() - clock
+
+    def drain(self) -> None:
+        clock = time.perf_counter()
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.waited += time.perf_counter() - clock
+
+    def close(self) -> None:
+        """Wait for the job that runs (the caller's rollback must not meet it), and run no other."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Build:
     """One build: its counters, and the state that spans pages."""
 
@@ -332,6 +438,8 @@ class _Build:
         self.changed: Counter[str] = Counter()
         self.removed: Counter[str] = Counter()
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.db_seconds: defaultdict[str, float] = defaultdict(float)
+        self.queue = _Queue(False)
         self.read = self.derived = self.written = 0
         self.watermark: datetime | None = None
         # Group members loaded besides their page, at the state they were derived in: a later page that holds one
@@ -345,6 +453,10 @@ class _Build:
         # as a scan of the project's rows per key: minutes instead of milliseconds. ANALYZE counts this
         # transaction's own rows, so one run once some rows are written fixes the plans for the rest of the build.
         self.analyze_rows = pg and not _has_statistics(session, "training_rows")
+        # A project's first build (no rows yet, and no one else writes them: the build lock) looks up only the
+        # generations that its own earlier pages wrote rows for; the others have none to find.
+        has_rows = session.scalar(select(_ROWS.c.id).where(_ROWS.c.project_id == project_id).limit(1))
+        self.written_for: set[str] | None = None if has_rows is not None else set()
 
     def report(self) -> dict[str, Any]:
         return {
@@ -356,32 +468,54 @@ class _Build:
             "generations_derived": self.derived,
             "derivation": self.derivation,
             "overlap_s": OVERLAP.total_seconds(),
-            "seconds": {k: round(v, 3) for k, v in sorted(self.seconds.items())},
+            "seconds": {k: round(v, 3) for k, v in sorted(self._seconds().items())},
         }
+
+    def _seconds(self) -> dict[str, float]:
+        """Each phase's seconds on either thread (the database jobs overlap the derivation), and how long the
+        derivation waited for the database ("wait")."""
+        seconds = dict(self.seconds)
+        for phase, value in self.db_seconds.items():
+            seconds[phase] = seconds.get(phase, 0.0) + value
+        seconds["wait"] = self.queue.waited
+        return seconds
 
     def run(self, since: datetime | None, batch_size: int) -> None:
         """Page by page: read the changed generations and their groups, derive their rows, write the difference.
-        (A COPY from a thread, sent while the next page is read and derived, saved 0.5 s of 24 on two busy cores
-        for 0.5 s more CPU, so it is not done: it pays only where a core is idle. See benchmarks/README.md.)"""
-        cursor = None
-        while True:
-            rows = self._timed("read", self._changed_page, since, cursor, batch_size)
-            if not rows:
-                return
-            cursor = (rows[-1].updated_at, rows[-1].id)
-            page = self._timed("read", self._load, rows)
-            if page is not None:
-                self._derive(page)
-                self._write(page)
-            if len(rows) < batch_size:
-                return
+        While a page derives, the database job thread (`_Queue`) reads the next page and stores the rows of the
+        page before: for 100,000 generations on two cores busy with other work, a median 22.8 s against 24.9 s over
+        seven back-to-back pairs, for the same CPU (see benchmarks/README.md). It cost 1.5-3 CPU seconds more and
+        gained nothing while the build still ran the cyclic garbage collector (`_gc_paused`), whose passes stop
+        both threads, and read through SQLAlchemy's result rows (`_gens`), Python work on the job thread."""
+        self.queue = _Queue(False)
+        try:
+            read = self._read_ahead(since, None, batch_size)
+            while read.rows:
+                rows = read.rows
+                clock = time.perf_counter()
+                page = self._assemble(read)
+                self.seconds["read"] += time.perf_counter() - clock
+                more = len(rows) == batch_size
+                self.queue.threaded = self.pg and more
+                if more:  # after _assemble: it marks what this page loaded as seen
+                    cursor = (rows[-1].updated_at, rows[-1].id)
+                    ahead = self.queue.submit(self._read_ahead, since, cursor, batch_size)
+                if page is not None:
+                    self._derive(page)
+                    self._write(page)
+                if not more:
+                    break
+                read = self.queue.result(ahead)
+            self.queue.drain()
+        finally:
+            self.queue.close()
 
-    def _timed(self, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def _db_timed(self, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
         clock = time.perf_counter()
         try:
             return fn(*args)
         finally:
-            self.seconds[phase] += time.perf_counter() - clock
+            self.db_seconds[phase] += time.perf_counter() - clock
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -394,21 +528,42 @@ class _Build:
             query = query.where(
                 _GEN.c.updated_at >= at, or_(_GEN.c.updated_at > at, and_(_GEN.c.updated_at == at, _GEN.c.id > pk))
             )
-        rows = _gens(self.session.execute(query.order_by(_GEN.c.updated_at, _GEN.c.id).limit(limit)))
+        rows = self._gens(query.order_by(_GEN.c.updated_at, _GEN.c.id).limit(limit))
         self.read += len(rows)
         if rows:
             self.watermark = max(self.watermark or rows[-1].updated_at, rows[-1].updated_at)
         return rows
 
-    def _load(self, rows: list[_Gen]) -> _Page | None:
-        gens = {g.id: g for g in rows if self.seen.get(g.id) != g.updated_at}
+    def _read_ahead(self, since: datetime | None, cursor: tuple[datetime, int] | None, limit: int) -> _Ahead:
+        """A database job: the next page, and the members of the prompt groups of its generations not seen yet
+        (`_assemble` checks them against what is seen when the page's turn comes)."""
+        clock = time.perf_counter()
+        rows = self._changed_page(since, cursor, limit)
+        hashes = {g.prompt_hash for g in rows if g.prompt_hash and self.seen.get(g.id) != g.updated_at}
+        members = self._members(hashes, {g.id for g in rows})
+        self.db_seconds["read"] += time.perf_counter() - clock
+        return _Ahead(rows, hashes, members)
+
+    def _assemble(self, read: _Ahead) -> _Page | None:
+        """The page of a read ahead: its generations not seen yet, with the rest of their prompt groups. What the
+        read ahead took for the groups is checked against what is seen now (the page before may have loaded more
+        since); a group it did not read is loaded now."""
+        gens = {g.id: g for g in read.rows if self.seen.get(g.id) != g.updated_at}
         if not gens:
             return None
-        self._add_groups(gens, {g.prompt_hash for g in gens.values() if g.prompt_hash})
+        hashes = {g.prompt_hash for g in gens.values() if g.prompt_hash}
+        if not hashes <= read.hashes:
+            self.queue.drain()
+            self._add_groups(gens, hashes)
+            return _Page(gens)
+        for g in chain(read.rows, read.members):
+            if g.prompt_hash in hashes and g.id not in gens:
+                gens[g.id] = g
+                self.seen[g.id] = g.updated_at
         return _Page(gens)
 
-    def _add_groups(self, gens: dict[int, _Gen], hashes: set[str]) -> list[_Gen]:
-        """Load the members of these prompt groups that are not loaded yet: ids first, so no text is read twice."""
+    def _members(self, hashes: set[str], page: set[int]) -> list[_Gen]:
+        """The generations of these prompt groups outside the page: ids first, so no text is read twice."""
         if not hashes:
             return []
         ids = self.session.scalars(
@@ -416,10 +571,25 @@ class _Build:
                 _GEN.c.project_id == self.project_id, _one_of(self.session, _GEN.c.prompt_hash, sorted(hashes))
             )
         ).all()
-        missing = sorted(set(ids) - gens.keys())
+        missing = sorted(set(ids) - page)
         if not missing:
             return []
-        added = _gens(self.session.execute(select(*_READ).where(_one_of(self.session, _GEN.c.id, missing, True))))
+        return self._gens(select(*_READ).where(_one_of(self.session, _GEN.c.id, missing, True)))
+
+    def _gens(self, query: Select[Any]) -> list[_Gen]:
+        """The generations a query reads. On Postgres straight from psycopg: SQLAlchemy's result rows and the UTC
+        conversion of five datetimes per row cost more than psycopg's decoding of the texts. The transaction's
+        TimeZone is UTC (`_utc`), so psycopg's datetimes are already in UTC, as UTCDateTime would return them."""
+        if not self.pg:
+            return list(map(_Gen._make, self.session.execute(query).all()))
+        compiled = query.compile(dialect=self.session.get_bind().dialect)
+        with self.session.connection().connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.execute(compiled.string, compiled.params)
+            return list(map(_Gen._make, cursor.fetchall()))
+
+    def _add_groups(self, gens: dict[int, _Gen], hashes: set[str]) -> list[_Gen]:
+        """Load the members of these prompt groups that are not loaded yet: ids first, so no text is read twice."""
+        added = self._members(hashes, set(gens))
         for g in added:
             gens[g.id] = g
             self.seen[g.id] = g.updated_at
@@ -429,12 +599,18 @@ class _Build:
         """What earlier derivations of these generations wrote: through the unique index for the kinds of one
         generation, from the index of active choice pairs for the pairs."""
         found: dict[Key, _Old] = {}
+        lookup = gids
+        if self.written_for is not None:
+            lookup = [g for g in gids if g in self.written_for]
+            self.written_for.update(gids)  # whatever this page writes for them, a later page finds
         keys = {
-            "edit_pair": [f"edit:{g}" for g in gids],
-            "sft": [f"sft:{g}" for g in gids],
-            "kto": [f"kto:completion:{g}" for g in gids] + [f"kto:final:{g}" for g in gids],
+            "edit_pair": [f"edit:{g}" for g in lookup],
+            "sft": [f"sft:{g}" for g in lookup],
+            "kto": [f"kto:completion:{g}" for g in lookup] + [f"kto:final:{g}" for g in lookup],
         }
         for kind, wanted in keys.items():
+            if not wanted:
+                continue
             query = select(_ROWS.c.source_key, _ROWS.c.content_hash, _ROWS.c.active, _ROWS.c.prompt_hash).where(
                 _ROWS.c.project_id == self.project_id,
                 _ROWS.c.kind == kind,
@@ -485,11 +661,14 @@ class _Build:
         self.seconds["derive"] += time.perf_counter() - clock - syntax
 
     def _text_gate(self, value: str) -> str | None:
-        if len(value) > self.config.max_chars:
+        size = len(value)
+        if size > self.config.max_chars:
             return "too_long"
-        if len(value) < self.config.min_chars or len(value.strip()) < self.config.min_chars:
+        if size < self.config.min_chars:
             return "empty"
-        return None
+        if self.config.min_chars == 1:  # the default: blank, without the copy that strip makes
+            return "empty" if value.isspace() else None
+        return "empty" if len(value.strip()) < self.config.min_chars else None
 
     def _plan(self, g: _Gen) -> _Plan | None:
         """The generation gates, cheapest first, and what the generation may yield."""
@@ -561,6 +740,7 @@ class _Build:
                     undecided.append((p, parses(p.g.completion)))
             if not undecided:
                 return
+            self.queue.drain()
             query = select(_GEN.c.id, _GEN.c.prefix, _GEN.c.suffix).where(
                 _one_of(self.session, _GEN.c.id, [p.g.id for p, _ in undecided], numeric=True)
             )
@@ -611,17 +791,15 @@ class _Build:
                     if gate:
                         gates[gate] += 1
                     elif fresh_pair(final, completion):
-                        rows.append(
-                            self._row("edit_pair", f"edit:{gid}", p, edited, chosen="final", rejected="completion")
-                        )
+                        rows.append(self._row("edit_pair", f"edit:{gid}", p, edited, chosen=final, rejected=completion))
                 gate = p.prompt_gate or p.final_gate
                 if gate:
                     gates[gate] += 2  # the final kto row and the sft row
                 else:
                     if fresh(("kto", True), final):
-                        rows.append(self._row("kto", f"kto:final:{gid}", p, edited, completion="final", label=True))
+                        rows.append(self._row("kto", f"kto:final:{gid}", p, edited, completion=final, label=True))
                     if fresh(("sft", None), final):
-                        rows.append(self._row("sft", f"sft:{gid}", p, edited, completion="final"))
+                        rows.append(self._row("sft", f"sft:{gid}", p, edited, completion=final))
             if p.label is None or p.signal is None:
                 continue
             gate = p.prompt_gate or p.completion_gate
@@ -630,9 +808,7 @@ class _Build:
                 continue
             if fresh(("kto", p.label), completion):
                 events = _events((g.shown_event_id, g.shown_at), p.signal)
-                rows.append(
-                    self._row("kto", f"kto:completion:{gid}", p, events, completion="completion", label=p.label)
-                )
+                rows.append(self._row("kto", f"kto:completion:{gid}", p, events, completion=completion, label=p.label))
             if g.outcome == "accepted" and p.label:
                 accepted.append(p)
             elif g.outcome == "rejected" and not p.label:
@@ -664,7 +840,7 @@ class _Build:
                     continue
                 events = _events(*_decision_events(a.g), *_decision_events(r.g))
                 key = f"choice:{a.g.generation_id}>{r.g.generation_id}"
-                rows.append(self._row("choice_pair", key, a, events, chosen="completion", rejected="other", also=r.g))
+                rows.append(self._row("choice_pair", key, a, events, chosen=chosen, rejected=other, also=r.g))
         return rows
 
     def _distinct(self, texts: list[str]) -> list[bool]:
@@ -691,12 +867,9 @@ class _Build:
         label: bool | None = None,
         also: _Gen | None = None,
     ) -> dict[str, Any]:
-        """A row; `chosen`, `rejected` and `completion` say where their text is: the generation's "final" text or
-        "completion", or the "other" generation's completion (a choice pair's rejected side)."""
+        """A row of the plan's generation (and, for a choice pair, of the `also` generation). Its texts are the
+        generations' own string objects: `_settle` hashes each once by identity."""
         g = p.g
-        texts = {None: None, "final": g.final_text, "completion": g.completion}
-        if also is not None:
-            texts["other"] = also.completion
         return {
             "project_id": self.project_id,
             "kind": kind,
@@ -704,9 +877,9 @@ class _Build:
             "prompt": g.prompt,
             "messages": g.messages,
             "prompt_hash": g.prompt_hash,
-            "chosen": texts[chosen],
-            "rejected": texts[rejected],
-            "completion": texts[completion],
+            "chosen": chosen,
+            "rejected": rejected,
+            "completion": completion,
             "label": label,
             "user": g.user,
             "occurred_at": events[1],
@@ -720,7 +893,9 @@ class _Build:
     # -- writing -----------------------------------------------------------------------------------------------
 
     def _write(self, page: _Page) -> None:
-        """Compare the page's rows with what the table holds for its generations, and write the difference."""
+        """Compare the page's rows with what the table holds for its generations, and queue the write of the
+        difference (`_store`). The comparison needs the pages before stored: the queue is drained first."""
+        self.queue.drain()
         clock = time.perf_counter()
         existing = self._existing([g.generation_id for g in page.gens.values()])
         while True:
@@ -742,8 +917,11 @@ class _Build:
                 for gid in self.choices.pop(key[1]).members:
                     self.by_member[gid].discard(key[1])
         self.seconds["compare"] += time.perf_counter() - clock
+        if inserts or upserts or gone:
+            self.queue.submit(self._db_timed, "write", self._store, inserts, upserts, gone)
 
-        clock = time.perf_counter()
+    def _store(self, inserts: list[dict[str, Any]], upserts: list[dict[str, Any]], gone: list[Key]) -> None:
+        """A database job: insert the new keys, upsert the changed ones, set the gone ones inactive."""
         if self.pg and inserts:
             cursor = self.session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             cursor.adapters.register_dumper(None, _JsonbDumper)
@@ -773,7 +951,6 @@ class _Build:
         if self.analyze_rows and self.written >= _ANALYZE_AFTER:
             self.session.execute(text("ANALYZE training_rows"))
             self.analyze_rows = False
-        self.seconds["write"] += time.perf_counter() - clock
 
     def _settle(
         self, produced: dict[Key, dict[str, Any]], existing: dict[Key, _Old]
@@ -795,10 +972,18 @@ class _Build:
             row, kind = produced[key], key[0]
             self.rows[kind] += 1
             # The prompt hash stands for the prompt; the texts are hashed once per generation.
-            meta = [row["prompt_hash"], row["label"], row["user"], row["occurred_at"], row["generation_ids"]]
-            content = hashlib.sha256(orjson.dumps([*meta, row["event_ids"]]))
-            content.update(digest(row["chosen"]) + digest(row["rejected"]) + digest(row["completion"]))
-            row["content_hash"] = content.hexdigest()
+            meta = orjson.dumps(
+                [
+                    row["prompt_hash"],
+                    row["label"],
+                    row["user"],
+                    row["occurred_at"],
+                    row["generation_ids"],
+                    row["event_ids"],
+                ]
+            )
+            texts = digest(row["chosen"]) + digest(row["rejected"]) + digest(row["completion"])
+            row["content_hash"] = hashlib.sha256(meta + texts).hexdigest()
             old = existing.get(key)
             if old is None:
                 self.added[kind] += 1
@@ -813,10 +998,6 @@ class _Build:
                 for gid in row["generation_ids"]:
                     self.by_member[gid].add(key[1])
         return inserts, upserts
-
-
-def _gens(result: Result[Any]) -> list[_Gen]:
-    return list(map(_Gen._make, result.all()))
 
 
 def _events(*events: tuple[str, datetime]) -> tuple[list[str], datetime]:

@@ -4,7 +4,8 @@ This is the training-row build's costliest step (one parse per edit; ~150 µs fo
 - the parse runs through `symtable`, which runs the same parser as `compile(..., PyCF_ONLY_AST)` and then builds
   only its symbol tables, not Python's AST objects: a fifth cheaper (150 against 195 µs). It also rejects a few
   trees that the parser takes (`nonlocal` at module level, a repeated argument, ...), so only its success decides:
-  a failure is decided by `compile` itself, and the answer is always the parser's;
+  a failure is decided by `compile` itself, and the answer is always the parser's. It is called through its C
+  module, `_symtable` (what `symtable.symtable` calls before it wraps the result in Python objects we never read);
 - an indented fragment is tried as a block body first, where it parses (as it is, it almost never does);
 - verdicts are cached per text (by a 16-byte BLAKE2 digest) for the life of the process, so a worker that
   re-derives a prompt group, or rebuilds everything under new gates, parses no text twice.
@@ -12,7 +13,11 @@ This is the training-row build's costliest step (one parse per edit; ~150 µs fo
 
 import ast
 import hashlib
-import symtable
+
+try:  # CPython's C module behind `symtable.symtable`, without the wrapper objects we never read
+    from _symtable import symtable as _symbol_tables
+except ImportError:  # another implementation of Python
+    from symtable import symtable as _symbol_tables
 
 _CACHE_SIZE = 200_000  # verdicts, ~20 MB; emptied when full (a rebuild of 100,000 generations holds ~55,000)
 _cache: dict[bytes, bool] = {}
@@ -21,7 +26,7 @@ _cache: dict[bytes, bool] = {}
 def compiles(source: str) -> bool:
     """Whether `ast.parse` takes the source. Callers silence SyntaxWarnings."""
     try:
-        symtable.symtable(source, "<training-row>", "exec")
+        _symbol_tables(source, "<training-row>", "exec")
     except Exception:  # what symtable refuses, compile decides
         return _ast_compiles(source)
     return True

@@ -3,6 +3,8 @@
 Inputs go through feedback.service.ingest, as the collector's would."""
 
 import ast
+import gc
+import threading
 import uuid
 import warnings
 from datetime import timedelta
@@ -11,12 +13,13 @@ from typing import Any, Literal
 import pytest
 from sqlalchemy import select, update
 
-from core.db import session_scope
+from core.db import session_scope, utcnow
+from core.errors import NotFound
 from core.projects import Project, create_project
 from core.settings import Settings
 from feedback import syntax
 from feedback.models import DatasetBuild, Generation, TrainingRow
-from feedback.rows import GATES, KINDS, OVERLAP, PAIRS_PER_ACCEPTED, _Build, build_rows
+from feedback.rows import _READ, GATES, KINDS, OVERLAP, PAIRS_PER_ACCEPTED, _Ahead, _Build, _config, _Gen, build_rows
 from feedback.service import ingest
 from tests.factories import feedback, generation
 
@@ -235,6 +238,17 @@ def test_too_long_and_empty_texts_are_dropped(db_url):
     assert set(k for k in got if k.endswith(":blank")) == {"kto:completion:blank"}
     # long: edit pair, final kto, sft; blank (a total rewrite into nothing): final kto, sft.
     assert gates(result) == {"too_long": 3, "empty": 2, "total_rewrite": 1}
+
+
+def test_min_chars_counts_what_is_left_once_stripped(db_url):
+    p = new_project(db_url, min_chars=3)
+    send(db_url, p, edit("short", 0, final="  ab \n"))  # 2 characters once stripped: empty
+    send(db_url, p, edit("kept", 0, prompt="def kept():\n", final="  abc\n"))
+    result = build(db_url, p)
+    got = rows(db_url, p)
+    assert set(k for k in got if k.endswith(":short")) == {"kto:completion:short"}
+    assert {"sft:kept", "kto:final:kept"} <= set(got)
+    assert gates(result) == {"empty": 2, "total_rewrite": 2}
 
 
 def test_python_edit_that_breaks_syntax_is_flagged_and_left_out(db_url):
@@ -457,6 +471,45 @@ def test_a_group_member_changed_during_a_build_is_derived_again(db_url, monkeypa
     assert got["kto:completion:second"]["event_ids"] == ["second:gen", "second:rejected"]
 
 
+@pytest.mark.parametrize("job", ["_store", "_changed_page"])
+def test_an_error_in_a_database_job_fails_the_build_and_writes_nothing(db_url, monkeypatch, job):
+    """On Postgres the database jobs (the next page's read, the last page's write) run on the build's second thread
+    (feedback.rows._Queue): their first error is the build's, and the thread is gone when the build returns."""
+    p = new_project(db_url)
+    for n in range(3):
+        send(db_url, p, decided(f"g{n}", "accepted", n, variant(n), prompt=f"def g{n}():\n"))
+    original, calls = getattr(_Build, job), []
+
+    def fail_second(self: _Build, *args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("job failed")
+        return original(self, *args)
+
+    monkeypatch.setattr(_Build, job, fail_second)
+    with pytest.raises(RuntimeError, match="job failed"):
+        build(db_url, p, batch_size=1)
+    assert len(calls) == 2  # nothing after the failed job
+    assert not [t for t in threading.enumerate() if t.name.startswith("build-rows")]
+    assert rows(db_url, p, active=None) == {}
+    monkeypatch.undo()
+    assert build(db_url, p, batch_size=1).rows_added == 3
+
+
+def test_a_page_read_ahead_loads_the_groups_it_did_not_read(db_url):
+    """The read ahead took the groups of the generations not seen then; one seen since with another updated_at (a
+    concurrent change that a group load found) needs its group loaded when the page is assembled."""
+    p = new_project(db_url)
+    send(db_url, p, decided("first", "accepted", 0, variant(0)) + decided("second", "rejected", 1, variant(1)))
+    with session_scope(db_url) as session:
+        build_ = _Build(session, p, _config(session.get(Project, p)), utcnow(), db_url.startswith("postgresql"))
+        query = select(*_READ).where(Generation.project_id == p).order_by(Generation.generation_id)
+        first, second = [_Gen._make(r) for r in session.execute(query).all()]
+        page = build_._assemble(_Ahead([first], set(), []))
+        assert page is not None and {g.generation_id for g in page.gens.values()} == {"first", "second"}
+        assert build_.seen == {second.id: second.updated_at}
+
+
 def test_the_report_counts_what_the_build_did(db_url):
     p = new_project(db_url)
     send(db_url, p, edit("e", 0) + edit("t", 0, prompt="def t():\n", final=BODY + " \n"))
@@ -474,9 +527,27 @@ def test_the_report_counts_what_the_build_did(db_url):
         assert stored.report["gates"] == report["gates"] and stored.finished_at is not None
 
 
-def test_an_unknown_project_is_not_found(db_url):
-    from core.errors import NotFound
+def test_a_build_leaves_the_garbage_collector_as_it_found_it(db_url, monkeypatch):
+    """The build pauses the cyclic collector (feedback.rows._gc_paused): on again after it, also after an error, and
+    still off if it was off."""
+    p = new_project(db_url)
+    send(db_url, p, edit("e", 0))
+    build(db_url, p)
+    assert gc.isenabled()
+    monkeypatch.setattr(_Build, "run", lambda *_: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        build(db_url, p)
+    assert gc.isenabled()
+    monkeypatch.undo()
+    gc.disable()
+    try:
+        build(db_url, p)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
+
+def test_an_unknown_project_is_not_found(db_url):
     with pytest.raises(NotFound), session_scope(db_url) as session:
         build_rows(session, 10**9)
 
