@@ -17,6 +17,7 @@ from core.db import session_scope, utcnow
 from core.errors import NotFound
 from core.projects import Project, create_project
 from core.settings import Settings
+from feedback import rows as rows_module
 from feedback import syntax
 from feedback.models import DatasetBuild, Generation, TrainingRow
 from feedback.rows import _READ, GATES, KINDS, OVERLAP, PAIRS_PER_ACCEPTED, _Ahead, _Build, _config, _Gen, build_rows
@@ -527,24 +528,27 @@ def test_the_report_counts_what_the_build_did(db_url):
         assert stored.report["gates"] == report["gates"] and stored.finished_at is not None
 
 
-def test_a_build_leaves_the_garbage_collector_as_it_found_it(db_url, monkeypatch):
-    """The build pauses the cyclic collector (feedback.rows._gc_paused): on again after it, also after an error, and
-    still off if it was off."""
+def test_a_build_makes_no_full_garbage_collection_and_restores_the_thresholds(db_url, monkeypatch):
+    """The build keeps the cyclic collector's full passes off (feedback.rows._gc_paused) and the young generations
+    on; the thresholds come back after it, also after an error."""
     p = new_project(db_url)
     send(db_url, p, edit("e", 0))
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    run = _Build.run
+
+    def recording(self, *args):
+        seen.append(gc.get_threshold())
+        return run(self, *args)
+
+    monkeypatch.setattr(_Build, "run", recording)
     build(db_url, p)
-    assert gc.isenabled()
+    assert seen == [(before[0], before[1], rows_module.FULL_COLLECTIONS_OFF)] and gc.isenabled()
+    assert gc.get_threshold() == before
     monkeypatch.setattr(_Build, "run", lambda *_: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         build(db_url, p)
-    assert gc.isenabled()
-    monkeypatch.undo()
-    gc.disable()
-    try:
-        build(db_url, p)
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
+    assert gc.get_threshold() == before
 
 
 def test_an_unknown_project_is_not_found(db_url):
