@@ -1,0 +1,171 @@
+"""Our DPO trainer runs each pair as one packed row (the prompt once, chosen and rejected both attending to it) where
+TRL runs prompt + chosen and prompt + rejected: the log-probs, their gradients, the reference log-probs and TRL's
+loss and metrics must be TRL's own, in fp32, whatever the prompts' lengths and the architecture."""
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainers import styles
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+TOLERANCE = 1e-4  # per-sequence log-probs are sums of ~70 fp32 terms
+
+
+def preference_trainer(model: Any, tokenizer: Any, prompts: list[str], tmp_path: Path) -> Any:
+    """Our DPOTrainer subclass around `model`, with a LoRA whose B matrices are random (so the adapter is not a
+    no-op and the gradients reach every LoRA weight), on style pairs whose prompts are `prompts`."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig
+
+    from trainers.methods.dpo import _shared_prefix_trainer
+
+    rng = random.Random(0)
+    rows = []
+    for prompt in prompts:
+        _, chosen, rejected = styles.style_pair(rng, "type_hints", True)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        precompute_ref_log_probs=False,
+        activation_checkpointing=False,
+    )
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = _shared_prefix_trainer()(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    return trainer
+
+
+def batch_of(trainer: Any) -> dict[str, Any]:
+    dataset = trainer.train_dataset
+    return trainer.data_collator([dataset[i] for i in range(len(dataset))])
+
+
+def model_call(batch: dict[str, Any]) -> dict[str, Any]:
+    """The call TRL makes for the policy's and the reference's log-probs."""
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "labels": labels,
+        "fused_lm_head": True,
+        "use_cache": False,
+    }
+
+
+def log_probs_and_grads(model: Any, call: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    model.zero_grad()
+    outputs = call(**kwargs)
+    sequences = outputs.log_probs.sum(dim=1)
+    sequences.sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return outputs, sequences.detach(), grads
+
+
+PROMPTS = [
+    "# find the cheapest item\n",
+    "# a much longer prompt than the others, so that the prompts of one batch differ in length\n# sort them\n",
+    "# x\n",
+    "# count the urgent devices with a low cost\n",
+]
+
+
+@pytest.fixture(params=["tiny", "qwen2", "qwen2-eager"])
+def causal_lm(request: pytest.FixtureRequest, tiny_model: Path) -> tuple[Any, Any]:
+    """The bootstrapped tiny Llama (sdpa attention: a boolean mask), and a randomly initialised Qwen2 (attention biases)
+    on its tokenizer, with sdpa or eager attention (an additive mask)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from core.ml import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    if request.param == "tiny":
+        return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), tokenizer
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    attention = "eager" if request.param.endswith("eager") else "sdpa"
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention), tokenizer
+
+
+def test_packed_pairs_give_trls_log_probs_gradients_and_metrics(causal_lm: tuple[Any, Any], tmp_path: Path) -> None:
+    import torch
+    from trl import DPOTrainer
+
+    from trainers.methods.dpo import _SharedPrefix
+
+    model, tokenizer = causal_lm
+    trainer = preference_trainer(model, tokenizer, PROMPTS, tmp_path)
+    batch = batch_of(trainer)
+    prompt_lengths = {len(ids) for ids in trainer.train_dataset["prompt_ids"]}
+    assert len(prompt_lengths) == len(PROMPTS)  # the prompts are padded differently inside the packed rows
+    policy = trainer.model
+    packed = _SharedPrefix.wrap(trainer, policy)
+    assert isinstance(packed, _SharedPrefix)
+    assert packed._forward(**{k: model_call(batch)[k] for k in ("input_ids", "attention_mask", "labels")})
+
+    theirs, their_logps, their_grads = log_probs_and_grads(policy, policy, model_call(batch))
+    ours, our_logps, our_grads = log_probs_and_grads(policy, packed, model_call(batch))
+
+    torch.testing.assert_close(our_logps, their_logps, rtol=0, atol=TOLERANCE)
+    for field in ("log_probs", "entropy", "mean_logits"):
+        torch.testing.assert_close(getattr(ours, field), getattr(theirs, field), rtol=0, atol=TOLERANCE)
+    assert torch.equal(ours.label_mask, theirs.label_mask)
+    assert torch.equal(ours.is_top1 & ours.label_mask, theirs.is_top1 & theirs.label_mask)
+    assert set(our_grads) == set(their_grads) and any("lora_A" in name for name in our_grads)
+    for name, grad in their_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-4 * float(grad.abs().max()))
+
+    ref_theirs = DPOTrainer.compute_ref_log_probs(trainer, policy, batch)
+    ref_ours = trainer.compute_ref_log_probs(policy, batch)
+    for a, b in zip(ref_ours, ref_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOLERANCE)
+
+    metrics = []
+    for compute in (DPOTrainer._compute_loss, type(trainer)._compute_loss):
+        trainer._metrics["train"].clear()
+        loss = compute(trainer, policy, dict(batch), False)
+        metrics.append({"loss": float(loss)} | {k: v[-1] for k, v in trainer._metrics["train"].items()})
+    metrics[0].pop("num_tokens"), metrics[1].pop("num_tokens")  # a running total
+    assert metrics[1] == pytest.approx(metrics[0], abs=TOLERANCE)
+
+
+def test_batches_it_cannot_pack_go_through_trls_forward(tiny_model: Path, tmp_path: Path) -> None:
+    """A one-token prompt leaves no prefix to share: the whole batch takes TRL's forward, with TRL's figures."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.ml import load_tokenizer
+    from trainers.methods.dpo import _SharedPrefix
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    trainer = preference_trainer(model, load_tokenizer(str(tiny_model)), ["#", *PROMPTS[:2]], tmp_path)
+    assert min(len(ids) for ids in trainer.train_dataset["prompt_ids"]) == 1
+    batch = batch_of(trainer)
+    packed = _SharedPrefix.wrap(trainer, trainer.model)
+    assert packed._forward(**{k: model_call(batch)[k] for k in ("input_ids", "attention_mask", "labels")}) is None
+    with torch.no_grad():
+        theirs = trainer.model(**model_call(batch)).log_probs
+        ours = packed(**model_call(batch)).log_probs
+    assert torch.equal(ours, theirs)
