@@ -31,7 +31,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-SIDES = ("ours", "trl")
+SIDES = ("ours", "trl", "trl_fp32")  # trl_fp32: TRL's defaults but bf16=False (see BASELINES)
+BASELINES = {"trl": "trl default", "trl_fp32": "trl fp32"}
 SPEED_TARGET, MEMORY_TARGET = 1.5, 0.6  # ours/trl: pairs/s at least, peak memory at most
 ACCURACY_TOLERANCE, RULE_TOLERANCE = 0.03, 0.10  # "equal metrics" on the held-out set
 SIZES = {  # LlamaConfig fields; vocab 2048 and tied embeddings for both
@@ -198,6 +199,9 @@ def worker(side: str, spec_path: Path, result_path: Path) -> None:
             seed=config.seed,
             beta=config.beta,
             report_to="none",
+            # TRL's default bf16=True is autocast on the CPU: native on AVX512-BF16/AMX, emulated (tens of times
+            # slower) elsewhere. trl_fp32 is the baseline that does not depend on it.
+            **({"bf16": False} if side == "trl_fp32" else {}),
             save_strategy="no",
         )
         trainer = DPOTrainer(
@@ -320,6 +324,17 @@ def add_mfu(result: dict[str, Any], tokens_per_pair: float, peak_tflops: float |
     result["mfu"] = result["model_tflops_per_s"] / peak_tflops if peak_tflops else None
 
 
+def native_bf16(device: str) -> bool:
+    """Whether bf16 matmuls run natively here: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX (elsewhere torch
+    emulates them, which is what TRL's default bf16 autocast then runs on)."""
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def ratio(a: Any, b: Any) -> float | None:
     return a / b if isinstance(a, int | float) and isinstance(b, int | float) and b else None
 
@@ -358,39 +373,48 @@ def lookup(result: dict[str, Any], key: str | tuple[str, str]) -> Any:
 
 
 def report(summary: dict[str, Any]) -> str:
-    ours, trl = summary["summary"]["ours"], summary["summary"]["trl"]
-    setup = summary["setup"]
+    """The table: ours, then each baseline that ran with its ours/baseline ratio (or difference), then the target's
+    verdict for each baseline (the issue's target is against TRL's defaults, `trl`)."""
+    ours, setup = summary["summary"]["ours"], summary["setup"]
+    baselines = [side for side in BASELINES if side in summary["summary"]]
     lines = [
-        f"DPO: ours vs TRL DPOTrainer defaults. {setup['model']} ({fmt(ours['params'], 0)} params, "
-        f"{fmt(ours['trainable_params'], 0)} trainable LoRA), {setup['pairs']} pairs, {setup['steps']} steps x "
-        f"{setup['batch_size']} pairs, ~{setup['tokens_per_pair']:.0f} tokens/pair, {setup['device']} "
-        f"({setup['threads']} threads), {setup['repeats']} interleaved run(s) per side (timings: the fastest; "
-        "memory and metrics: the median)",
+        f"DPO: ours vs TRL DPOTrainer ({', '.join(BASELINES[b] for b in baselines)}). {setup['model']} "
+        f"({fmt(ours['params'], 0)} params, {fmt(ours['trainable_params'], 0)} trainable LoRA), {setup['pairs']} "
+        f"pairs, {setup['steps']} steps x {setup['batch_size']} pairs, ~{setup['tokens_per_pair']:.0f} tokens/pair, "
+        f"{setup['device']} ({setup['threads']} threads, native bf16: {setup.get('native_bf16')}), "
+        f"{setup['repeats']} interleaved run(s) per side (timings: the fastest; memory and metrics: the median)",
         "",
-        f"{'':38} {'ours':>12} {'trl default':>12} {'ours/trl':>10}",
+        f"{'':38} {'ours':>12}" + "".join(f" {BASELINES[b]:>12} {'ours/' + b:>13}" for b in baselines),
     ]
     for label, key, digits, compare in ROWS:
-        a, b = lookup(ours, key), lookup(trl, key)
-        if a is None and b is None:
+        values = [lookup(ours, key)] + [lookup(summary["summary"][b], key) for b in baselines]
+        if all(v is None for v in values):
             continue
-        if compare == "ratio":
-            rel = fmt(ratio(a, b), 2) + "x" if ratio(a, b) is not None else "-"
-        else:
-            rel = f"{a - b:+.3f}" if isinstance(a, int | float) and isinstance(b, int | float) else "-"
-        lines.append(f"{label:38} {fmt(a, digits):>12} {fmt(b, digits):>12} {rel:>10}")
-    verdict = summary["verdict"]
+        line = f"{label:38} {fmt(values[0], digits):>12}"
+        for b in values[1:]:
+            a = values[0]
+            if compare == "ratio":
+                rel = fmt(ratio(a, b), 2) + "x" if ratio(a, b) is not None else "-"
+            else:
+                rel = f"{a - b:+.3f}" if isinstance(a, int | float) and isinstance(b, int | float) else "-"
+            line += f" {fmt(b, digits):>12} {rel:>13}"
+        lines.append(line)
+    shown = " / ".join(str(summary["summary"][s]["rule_shown"]) for s in ["ours", *baselines])
     lines += [
         "",
         f"rule: {setup['rule']}; held-out: {ours['heldout_pairs']} pairs, {ours['rule_n']} greedy samples of "
-        f"{setup['max_new_tokens']} tokens (rule rate over the {ours['rule_shown']} / {trl['rule_shown']} samples "
-        "that show the axis)",
-        f"target: pairs/s >= {SPEED_TARGET}x ({fmt(verdict['speed'], 2)}x: {verdict['speed_ok']}), "
-        f"peak memory <= {MEMORY_TARGET}x ({fmt(verdict['memory'], 2)}x: {verdict['memory_ok']}), equal metrics "
-        f"(accuracy within {ACCURACY_TOLERANCE}, rule rate within {RULE_TOLERANCE}: {verdict['metrics_ok']}) "
-        f"-> {'MET' if verdict['met'] else 'NOT MET'}",
+        f"{setup['max_new_tokens']} tokens (rule rate over the {shown} samples that show the axis)",
     ]
+    for b in baselines:
+        verdict = summary["verdicts"][b]
+        lines.append(
+            f"target vs {BASELINES[b]}: pairs/s >= {SPEED_TARGET}x ({fmt(verdict['speed'], 2)}x: "
+            f"{verdict['speed_ok']}), peak memory <= {MEMORY_TARGET}x ({fmt(verdict['memory'], 2)}x: "
+            f"{verdict['memory_ok']}), equal metrics (accuracy within {ACCURACY_TOLERANCE}, rule rate within "
+            f"{RULE_TOLERANCE}: {verdict['metrics_ok']}) -> {'MET' if verdict['met'] else 'NOT MET'}"
+        )
     if len(summary["runs"]["ours"]) > 1:
-        for side in SIDES:
+        for side in summary["runs"]:
             each = ", ".join(f"{r['pairs_per_s']:.1f}" for r in summary["runs"][side])
             lines.append(f"{side}: pairs/s per run (incl. setup): {each}")
     return "\n".join(lines)
@@ -451,7 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--repeats", type=int, help="runs per side, interleaved; timings of the fastest (default 2; --quick 1)"
     )
-    p.add_argument("--runs", default="ours,trl", help="sides to run, for exploring one side (default ours,trl)")
+    p.add_argument(
+        "--runs",
+        default="ours,trl",
+        help="sides to run, comma-separated: ours, trl (TRL's defaults: the target's baseline), trl_fp32 (TRL's "
+        "defaults but bf16=False: on a CPU without native bf16, TRL's default bf16 autocast is emulated and tens of "
+        "times slower, so this is the baseline that compares the methods there) (default ours,trl)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -526,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_pair": per_pair,
             "max_new_tokens": args.max_new_tokens,
             "ours_overrides": parse_assignments(args.set),
+            "native_bf16": native_bf16(device),
             "build_s": time.perf_counter() - built,
         }
         spec = {
@@ -558,13 +589,20 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "summary": summaries,
         }
-        if set(sides) == set(SIDES):
-            summary["verdict"] = verdict(summaries["ours"], summaries["trl"], device)
-            summary["ratios_ours_over_trl"] = {
-                key: ratio(summaries["ours"].get(key), summaries["trl"].get(key))
-                for _, key, _, compare in ROWS
-                if compare == "ratio" and isinstance(key, str)
+        baselines = [b for b in BASELINES if b in summaries]
+        if "ours" in summaries and baselines:
+            summary["verdicts"] = {b: verdict(summaries["ours"], summaries[b], device) for b in baselines}
+            summary["ratios"] = {
+                f"ours/{b}": {
+                    key: ratio(summaries["ours"].get(key), summaries[b].get(key))
+                    for _, key, _, compare in ROWS
+                    if compare == "ratio" and isinstance(key, str)
+                }
+                for b in baselines
             }
+            if "trl" in summaries:  # the issue's target is against TRL's defaults
+                summary["verdict"] = summary["verdicts"]["trl"]
+                summary["ratios_ours_over_trl"] = summary["ratios"]["ours/trl"]
             print()
             print(report(summary))
         out = args.out or HERE / "results" / f"dpo-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
