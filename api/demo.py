@@ -323,6 +323,7 @@ def train_round(
         "edit_replay": {k: v.get("mean") for k, v in (policy_eval.get("edit_replay") or {}).items()},
         "promoted": bool(promotion.get("promoted")),
         "gate": promotion.get("gate"),
+        "reason": promotion.get("reason"),
         "production": (versions.get("aliases") or {}).get("production"),
     }
 
@@ -426,8 +427,9 @@ def run_demo(
         editors = Editors(base_url, ingest_key, taste_fn, users, seed, max_tokens)
         admin = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60)
         with admin:
+            production = None  # the editors ask for production once a version holds the alias, the base until then
             for round_ in range(rounds + 1):
-                phase = Phase(round_, "base" if round_ == 0 else "production")
+                phase = Phase(round_, "production" if production else "base")
                 since = datetime.now(UTC).isoformat()
                 columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
                 with Progress(*columns, console=console, transient=True) as progress:
@@ -442,6 +444,7 @@ def run_demo(
                 console.print(_phase_line(entry))
                 if round_ < rounds:
                     entry["training"] = train_round(settings, project_id, admin, console, round_ + 1)
+                    production = entry["training"]["production"]
                     console.print(_training_line(entry["training"]))
                 report["rounds"].append(entry)
     first, last = report["rounds"][0], report["rounds"][-1]
@@ -470,7 +473,11 @@ def _phase_line(entry: dict[str, Any]) -> str:
 
 def _training_line(training: dict[str, Any]) -> str:
     accuracy = training["reward_accuracy"]
-    promoted = f"promoted {training['production']} to production" if training["promoted"] else "not promoted"
+    if training["promoted"]:
+        promoted = f"promoted {training['production']} to production"
+    else:
+        kept = training["production"] or "the base"
+        promoted = f"not promoted ({training.get('reason') or 'no reason recorded'}); the editors stay on {kept}"
     shown = f"{accuracy:.2f}" if accuracy is not None else "-"
     return (
         f"  trained in {training['seconds']:.0f} s on snapshot {training['snapshot_id']}: reward model accuracy "

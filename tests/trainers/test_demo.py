@@ -82,28 +82,40 @@ def test_one_round_through_the_gateway_and_the_pipeline(tiny_model: Path, tmp_pa
         Console(width=120, record=True),
         taste="pep8",
         rounds=1,
-        requests=12,
+        requests=24,  # the snapshot's eval split (the newest 10% of prompts) then holds edits on any CPU's numerics
         users=2,
         model_dir=tiny_model,
         out_dir=tmp_path / "out",
     )
     base, after = report["rounds"]
-    assert base["served"] == {"base": 12} and base["requests"] == 12
-    assert base["accepted"] + base["edited"] + base["rejected"] == 12
+    assert base["served"] == {"base": 24} and base["requests"] == 24
+    assert base["accepted"] + base["edited"] + base["rejected"] == 24
     training = base["training"]
     assert training["promoted"] and training["production"] == "v2"  # v1 is the reward model
     assert 0 <= training["reward_accuracy"] <= 1
-    assert after["asked"] == "production" and after["served"] == {"v2": 12}
+    assert after["asked"] == "production" and after["served"] == {"v2": 24}
     # The service's own live metrics agree with what the simulated users did.
     assert base["service_metrics"]["accepted"] == base["accepted"]
-    assert base["service_metrics"]["with_feedback"] == 12
-    assert json.loads((tmp_path / "out" / "demo.json").read_text())["rounds"][1]["served"] == {"v2": 12}
+    assert base["service_metrics"]["with_feedback"] == 24
+    assert json.loads((tmp_path / "out" / "demo.json").read_text())["rounds"][1]["served"] == {"v2": 24}
     assert (tmp_path / "out" / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Every generation was recorded by the gateway with the version that made it, and joined to its feedback.
     with session_scope(settings.sqlalchemy_url) as session:
         rows = session.query(Generation.model, Generation.outcome).all()
-    assert sorted({m for m, _ in rows}) == ["base", "v2"] and len(rows) == 24
+    assert sorted({m for m, _ in rows}) == ["base", "v2"] and len(rows) == 48
     assert all(outcome in ("accepted", "edited", "rejected") for _, outcome in rows)
+
+
+def test_a_refused_promotion_says_why_and_what_the_editors_stay_on() -> None:
+    from api.demo import _training_line
+
+    reason = "promotion of v2 to production refused: the candidate has no evaluation to compare"
+    refused = {"seconds": 6.0, "snapshot_id": 1, "reward_accuracy": None, "promoted": False, "production": None}
+    refused["reason"] = reason
+    line = _training_line(refused)
+    assert "not promoted (promotion of v2 to production refused: the candidate has no evaluation" in line
+    assert line.endswith("the editors stay on the base")
+    assert _training_line({**refused, "production": "v2"}).endswith("the editors stay on v2")
 
 
 @pytest.mark.slow
