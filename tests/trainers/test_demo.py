@@ -82,7 +82,7 @@ def test_one_round_through_the_gateway_and_the_pipeline(tiny_model: Path, tmp_pa
         Console(width=120, record=True),
         taste="pep8",
         rounds=1,
-        requests=24,  # the snapshot's eval split (the newest 10% of prompts) then holds edits on any CPU's numerics
+        requests=24,  # with 12, on an AVX2 CPU the eval split (the newest 10% of prompts) held no edit to evaluate
         users=2,
         model_dir=tiny_model,
         out_dir=tmp_path / "out",
