@@ -31,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-SIDES = ("ours", "trl", "trl_fp32")  # trl_fp32: TRL's defaults but bf16=False (see BASELINES)
-BASELINES = {"trl": "trl default", "trl_fp32": "trl fp32"}
+BASELINES = {"trl": "trl default", "trl_fp32": "trl fp32"}  # trl_fp32: TRL's defaults but bf16=False
+SIDES = ("ours", *BASELINES)
 SPEED_TARGET, MEMORY_TARGET = 1.5, 0.6  # ours/trl: pairs/s at least, peak memory at most
 ACCURACY_TOLERANCE, RULE_TOLERANCE = 0.03, 0.10  # "equal metrics" on the held-out set
 SIZES = {  # LlamaConfig fields; vocab 2048 and tied embeddings for both
@@ -390,9 +390,9 @@ def report(summary: dict[str, Any]) -> str:
         values = [lookup(ours, key)] + [lookup(summary["summary"][b], key) for b in baselines]
         if all(v is None for v in values):
             continue
-        line = f"{label:38} {fmt(values[0], digits):>12}"
+        a = values[0]
+        line = f"{label:38} {fmt(a, digits):>12}"
         for b in values[1:]:
-            a = values[0]
             if compare == "ratio":
                 rel = fmt(ratio(a, b), 2) + "x" if ratio(a, b) is not None else "-"
             else:

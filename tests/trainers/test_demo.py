@@ -110,8 +110,8 @@ def test_a_refused_promotion_says_why_and_what_the_editors_stay_on() -> None:
     from api.demo import _training_line
 
     reason = "promotion of v2 to production refused: the candidate has no evaluation to compare"
-    refused = {"seconds": 6.0, "snapshot_id": 1, "reward_accuracy": None, "promoted": False, "production": None}
-    refused["reason"] = reason
+    refused = {"seconds": 6.0, "snapshot_id": 1, "reward_accuracy": None, "promoted": False, "production": None,
+               "reason": reason}  # fmt: skip
     line = _training_line(refused)
     assert "not promoted (promotion of v2 to production refused: the candidate has no evaluation" in line
     assert line.endswith("the editors stay on the base")

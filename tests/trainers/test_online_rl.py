@@ -161,11 +161,12 @@ def learns_the_rule(rl_project: RLProject, tiny_model: Path, kind: str, **config
     tuned_texts = evaluation.generate(model, tokenizer, prompts, max_new_tokens=160)
     base_share, base_n = rule_share(base_texts)
     tuned_share, tuned_n = rule_share(tuned_texts)
-    base_parse = evaluation.parse_rate(base_texts)["rate"]
-    tuned_parse = evaluation.parse_rate(tuned_texts)["rate"]
-    flips = [(evaluation.parses(b), evaluation.parses(t)) for b, t in zip(base_texts, tuned_texts, strict=True)]
-    broken, fixed = flips.count((True, False)), flips.count((False, True))
-    parse_change = gate.bootstrap_difference([float(t) for _, t in flips], [float(b) for b, _ in flips], paired=True)
+    base_parses = [float(evaluation.parses(t)) for t in base_texts]
+    tuned_parses = [float(evaluation.parses(t)) for t in tuned_texts]
+    base_parse, tuned_parse = sum(base_parses) / len(base_parses), sum(tuned_parses) / len(tuned_parses)
+    flips = list(zip(base_parses, tuned_parses, strict=True))
+    broken, fixed = flips.count((1.0, 0.0)), flips.count((0.0, 1.0))
+    parse_change = gate.bootstrap_difference(tuned_parses, base_parses, paired=True)
     print(  # figures for the record (pytest -s)
         f"{kind} {train['steps']} steps in {train['train_seconds']:.0f}s;"
         f" reward-model score (held-out greedy) {scores['base']['mean']:.2f} -> {scores['candidate']['mean']:.2f};"
