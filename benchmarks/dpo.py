@@ -129,6 +129,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -331,8 +334,9 @@ def native_bf16(device: str) -> bool:
 
     if device == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    from core.ml import native_bf16_cpu
+
+    return native_bf16_cpu()
 
 
 def ratio(a: Any, b: Any) -> float | None:
@@ -441,7 +445,8 @@ def verdict(ours: dict[str, Any], trl: dict[str, Any], device: str) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=(
-            "Our DPO path (trainers.methods.dpo.train: fp32 on the CPU, no activation checkpointing, precomputed "
+            "Our DPO path (trainers.methods.dpo.train: on the CPU fp32, the frozen base in bf16 where the CPU has "
+            "native bf16, oneDNN's primitive cache capped at 8; no activation checkpointing, precomputed "
             "reference log-probs, length-grouped micro-batches, ...) against TRL's DPOTrainer with its default "
             "settings, on the same model, preference pairs, LoRA config (r=16, all-linear), learning rate, batch "
             "size, steps and seed. Each run is a subprocess of its own; the two alternate when repeated. Figures: "
@@ -518,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.ml import library_versions, offline_env
     from trainers.config import parse_assignments
 
+    user_onednn_cache = os.environ.get(ONEDNN_CACHE)
     offline_env()
     import torch
 
@@ -527,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
+    # offline_env caps oneDNN's primitive cache for our path; TRL's sides keep oneDNN's default (1,024) unless the
+    # caller set the variable: they measure TRL as a user runs it.
+    trl_env = dict(env, **{ONEDNN_CACHE: user_onednn_cache or "1024"})
     peak_tflops = args.peak_tflops
     if device == "cuda" and peak_tflops is None:
         name = torch.cuda.get_device_name()
@@ -557,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_new_tokens": args.max_new_tokens,
             "ours_overrides": parse_assignments(args.set),
             "native_bf16": native_bf16(device),
+            "onednn_primitive_cache": {"ours": env.get(ONEDNN_CACHE), "trl": trl_env[ONEDNN_CACHE]},
             "build_s": time.perf_counter() - built,
         }
         spec = {
@@ -572,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for index in range(args.repeats):
             for side in sides if index % 2 == 0 else sides[::-1]:
-                result = run_side(side, spec_path, work, env, index)
+                result = run_side(side, spec_path, work, env if side == "ours" else trl_env, index)
                 add_mfu(result, per_pair, peak_tflops if device == "cuda" else None)
                 runs[side].append(result)
                 print(f"  {side} run {index + 1}: {result['pairs_per_s']:.1f} pairs/s incl. setup, "

@@ -169,3 +169,62 @@ def test_batches_it_cannot_pack_go_through_trls_forward(tiny_model: Path, tmp_pa
         theirs = trainer.model(**model_call(batch)).log_probs
         ours = packed(**model_call(batch)).log_probs
     assert torch.equal(ours, theirs)
+
+
+def test_rows_padded_to_a_span_multiple_give_the_same_log_probs(tiny_model: Path, tmp_path: Path) -> None:
+    """With a bf16 base the packed rows are padded to a multiple of 16 tokens (few matmul shapes): padding that no
+    token attends to and no label covers, so the log-probs and metrics are those of unpadded rows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.ml import load_tokenizer
+    from trainers.methods.dpo import BF16_SPAN_MULTIPLE, _SharedPrefix
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    trainer = preference_trainer(model, load_tokenizer(str(tiny_model)), PROMPTS, tmp_path)
+    batch = model_call(batch_of(trainer))
+    exact = _SharedPrefix.wrap(trainer, trainer.model)
+    padded = _SharedPrefix.wrap(trainer, trainer.model, BF16_SPAN_MULTIPLE)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    spans = [exact._forward(**inputs), padded._forward(**inputs)]
+    assert all(spans)
+    with torch.no_grad():
+        a, b = exact(**batch), padded(**batch)
+    for field in ("log_probs", "entropy", "mean_logits"):
+        torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=0, atol=TOLERANCE)
+
+
+def test_bf16_frozen_linears_multiply_in_bf16_and_restore_the_model(tiny_model: Path, tmp_path: Path) -> None:
+    """Inside the context the base's frozen linears use a bf16 copy of their weights (log-probs move by bf16 rounding,
+    gradients still reach every LoRA weight); the fp32 weights never change, and afterwards the model computes
+    exactly what it did before."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.ml import load_tokenizer
+    from trainers.methods.dpo import _bf16_frozen_linears
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    trainer = preference_trainer(model, load_tokenizer(str(tiny_model)), PROMPTS, tmp_path)
+    policy, batch = trainer.model, model_call(batch_of(trainer))
+    weights = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    _, fp32_logps, fp32_grads = log_probs_and_grads(policy, policy, batch)
+
+    output = policy.get_output_embeddings()
+    base_linears = [m for n, m in policy.named_modules() if type(m) is torch.nn.Linear and "lora_" not in n]
+    assert output in base_linears and not any("forward" in vars(m) for m in base_linears)
+    with _bf16_frozen_linears(policy) as patched:
+        assert patched == len(base_linears) - 1  # all but the output embedding
+        assert [m for m in base_linears if "forward" not in vars(m)] == [output]
+        _, bf16_logps, bf16_grads = log_probs_and_grads(policy, policy, batch)
+    assert not any("forward" in vars(m) for m in base_linears)
+
+    assert not torch.equal(bf16_logps, fp32_logps)  # it did multiply in bf16
+    torch.testing.assert_close(bf16_logps, fp32_logps, rtol=0.02, atol=0.5)
+    assert set(bf16_grads) == set(fp32_grads) and any("lora_A" in n for n in bf16_grads)
+    for name, grad in fp32_grads.items():
+        assert torch.nn.functional.cosine_similarity(bf16_grads[name].flatten(), grad.flatten(), dim=0) > 0.95, name
+    for name, p in policy.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p.detach(), weights[name]), name
+    _, again, _ = log_probs_and_grads(policy, policy, batch)
+    assert torch.equal(again, fp32_logps)
