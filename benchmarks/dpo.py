@@ -129,9 +129,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
-
-
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -520,10 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(s not in SIDES for s in sides):
         p.error(f"--runs: sides are {', '.join(SIDES)}")
 
-    from core.ml import library_versions, offline_env
+    from core.ml import ONEDNN_CACHE_VAR, library_versions, offline_env
     from trainers.config import parse_assignments
 
-    user_onednn_cache = os.environ.get(ONEDNN_CACHE)
+    user_onednn_cache = os.environ.get(ONEDNN_CACHE_VAR)
     offline_env()
     import torch
 
@@ -535,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         env["CUDA_VISIBLE_DEVICES"] = ""
     # offline_env caps oneDNN's primitive cache for our path; TRL's sides keep oneDNN's default (1,024) unless the
     # caller set the variable: they measure TRL as a user runs it.
-    trl_env = dict(env, **{ONEDNN_CACHE: user_onednn_cache or "1024"})
+    trl_env = dict(env, **{ONEDNN_CACHE_VAR: user_onednn_cache or "1024"})
     peak_tflops = args.peak_tflops
     if device == "cuda" and peak_tflops is None:
         name = torch.cuda.get_device_name()
@@ -566,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_new_tokens": args.max_new_tokens,
             "ours_overrides": parse_assignments(args.set),
             "native_bf16": native_bf16(device),
-            "onednn_primitive_cache": {"ours": env.get(ONEDNN_CACHE), "trl": trl_env[ONEDNN_CACHE]},
+            "onednn_primitive_cache": {"ours": env.get(ONEDNN_CACHE_VAR), "trl": trl_env[ONEDNN_CACHE_VAR]},
             "build_s": time.perf_counter() - built,
         }
         spec = {

@@ -19,6 +19,9 @@ LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "
 Progress = Callable[[int, int, dict[str, float]], bool | None]
 
 
+ONEDNN_CACHE_VAR = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
 def offline_env() -> None:
     """The process environment of training and scoring. They never reach the network at run time: models come from
     paths (or the user's HF cache). oneDNN, which runs the CPU's bf16 matmuls (trainers/methods/dpo.py), keeps 8
@@ -31,7 +34,7 @@ def offline_env() -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # per-map bars flood worker logs
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
+    os.environ.setdefault(ONEDNN_CACHE_VAR, "8")
 
 
 def native_bf16_cpu() -> bool:
