@@ -231,3 +231,45 @@ def test_bf16_frozen_linears_multiply_in_bf16_and_restore_the_model(tiny_model: 
         assert p.dtype == torch.float32 and torch.equal(p.detach(), weights[name]), name
     _, again, _ = log_probs_and_grads(policy, policy, batch)
     assert torch.equal(again, fp32_logps)
+
+
+def test_the_head_scores_only_labelled_positions_with_the_same_results(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU TRL's fused head projects every position (prompt and padding too); within
+    `_score_labelled_positions_only` it projects only the labelled ones, as it does under Triton: the same log-probs,
+    per-token fields and gradients, from fewer rows through the head. Afterwards TRL's own choice is back."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    from core.ml import load_tokenizer
+    from trainers.methods.dpo import _score_labelled_positions_only, _SharedPrefix
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    trainer = preference_trainer(model, load_tokenizer(str(tiny_model)), PROMPTS, tmp_path)
+    batch = model_call(batch_of(trainer))
+    packed = _SharedPrefix.wrap(trainer, trainer.model)
+    head_rows: list[int] = []
+    head = trl_utils._ChunkedLogProbFunction
+
+    class Counted:
+        @staticmethod
+        def apply(hidden: Any, *rest: Any) -> Any:
+            head_rows.append(hidden.shape[0])
+            return head.apply(hidden, *rest)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counted)
+    own_choice = trl_utils._use_triton
+    every, every_seq, every_grads = log_probs_and_grads(trainer.model, packed, batch)
+    with _score_labelled_positions_only() as applied:
+        labelled, labelled_seq, labelled_grads = log_probs_and_grads(trainer.model, packed, batch)
+    assert applied and trl_utils._use_triton is own_choice
+    all_rows, labelled_rows = head_rows
+    assert labelled_rows == int(every.label_mask.sum()) < all_rows
+    torch.testing.assert_close(labelled_seq, every_seq, rtol=0, atol=TOLERANCE)
+    for field in ("log_probs", "entropy", "mean_logits"):
+        torch.testing.assert_close(getattr(labelled, field), getattr(every, field), rtol=0, atol=TOLERANCE)
+    assert labelled_grads.keys() == every_grads.keys() and every_grads
+    for name, grad in every_grads.items():
+        torch.testing.assert_close(labelled_grads[name], grad, rtol=1e-3, atol=1e-5)
