@@ -273,3 +273,49 @@ def test_the_head_scores_only_labelled_positions_with_the_same_results(
     assert labelled_grads.keys() == every_grads.keys() and every_grads
     for name, grad in every_grads.items():
         torch.testing.assert_close(labelled_grads[name], grad, rtol=1e-3, atol=1e-5)
+
+
+def addmm_nodes(tensor: Any) -> int:
+    """AddmmBackward0 nodes in the autograd graph behind `tensor`."""
+    seen, stack, count = set(), [tensor.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += type(node).__name__ == "AddmmBackward0"
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return count
+
+
+def test_fused_lora_add_gives_peft_sum_and_gradients(tiny_model: Path, tmp_path: Path) -> None:
+    """Within `_fused_lora_add` each LoRA layer adds its update in one addmm (it really does: one Addmm node per LoRA
+    layer in the graph, none without): the policy's log-probs and every LoRA gradient are PEFT's own; with the adapter
+    disabled (the reference) PEFT's forward runs; afterwards the layers are PEFT's again."""
+    import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    from transformers import AutoModelForCausalLM
+
+    from core.ml import load_tokenizer
+    from trainers.methods.dpo import _fused_lora_add
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    trainer = preference_trainer(model, load_tokenizer(str(tiny_model)), PROMPTS, tmp_path)
+    policy = trainer.model
+    batch = model_call(batch_of(trainer))
+    layers = [m for m in policy.modules() if isinstance(m, LoraLinear)]
+    peft_out, peft_seq, peft_grads = log_probs_and_grads(policy, policy, batch)
+    with _fused_lora_add(policy) as covered:
+        fused_out, fused_seq, fused_grads = log_probs_and_grads(policy, policy, batch)
+        with torch.no_grad(), policy.disable_adapter():
+            reference_fused = policy(**batch).log_probs
+    with torch.no_grad(), policy.disable_adapter():
+        reference = policy(**batch).log_probs
+    assert covered == len(layers) > 0
+    assert addmm_nodes(fused_out.log_probs) == len(layers) and addmm_nodes(peft_out.log_probs) == 0
+    assert not any("forward" in vars(m) for m in layers)
+    torch.testing.assert_close(fused_seq, peft_seq, rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(reference_fused, reference, rtol=0, atol=0)
+    assert fused_grads.keys() == peft_grads.keys() and any("lora_A" in k for k in peft_grads)
+    for name, grad in peft_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6)

@@ -20,6 +20,10 @@ How it is configured beyond the shared `trl_args`, each measured with `benchmark
   model), and it projects only the labelled (completion) positions, as TRL does under Triton
   (`_score_labelled_positions_only`; elsewhere TRL scores prompt and padding too): on a Xeon with AMX, 26M model, 100
   steps, the reference precompute took 19.6-20.3 s instead of 23.0 (two interleaved rounds), the loop the same.
+- on the CPU each LoRA layer adds its update in one addmm (`_fused_lora_add`) instead of PEFT's matmul, multiply by
+  the scaling and add over [tokens, out_features], each again in the backward: on a Xeon with AMX, 26M model, 30
+  steps, two interleaved rounds, loop 10.88/10.88 pairs/s instead of 10.46/10.49 and 60 MB lower peak (1,051/1,055
+  instead of 1,116/1,113 MB).
 - on a CPU with native bf16 (AVX512-BF16 or AMX; `cpu_bf16_base`), the frozen base's linear layers multiply in bf16
   from a bf16 copy of their weights (`_bf16_frozen_linears`), and packed rows are padded to a multiple of 16 tokens.
   On an AVX512-BF16 EPYC (2 cores, 26M model, 40 steps): 1.3x the pairs/s of fp32 at 1.1x its peak (1,106 vs 985
@@ -106,6 +110,8 @@ def train(
         tokenized = trainer.train_dataset
         assert isinstance(tokenized, Dataset)  # we passed an in-memory Dataset; TRL maps it to another
         trainer.train_dataset = tokenized.add_column("length", _token_lengths(tokenized))
+        if not cuda:
+            stack.enter_context(_fused_lora_add(trainer.model))
         metrics = fit(trainer, progress, config.batch_size)
     metrics["train_examples"] = len(records)
     metrics["cpu_bf16_base"] = bf16_base
@@ -317,6 +323,58 @@ def _bf16_forward(module: Any, weight: Any, bias: Any) -> Any:
         if module.weight.requires_grad or torch.is_autocast_enabled(x.device.type):
             return own(module, x)
         return F.linear(x.to(torch.bfloat16), weight, bias).to(x.dtype)
+
+    return forward
+
+
+@contextlib.contextmanager
+def _fused_lora_add(model: Any) -> Iterator[int]:
+    """For the duration, each PEFT LoRA `Linear` of `model` adds its update in one `addmm` (the base output, plus
+    `scaling` x lora_A(x) @ lora_B.T) where PEFT runs a matmul, a multiplication by `scaling` and an addition over the
+    [tokens, out_features] output, each again in the backward. The same sum; an instance `forward`, removed after. Any
+    call it does not cover (adapters disabled or merged, several adapters, variants such as DoRA, a bias on lora_B,
+    extra arguments, autocast, mixed dtypes) runs PEFT's own forward. Yields how many layers it covers."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    patched = []
+    for module in model.modules():
+        if isinstance(module, LoraLinear) and "forward" not in vars(module):
+            module.forward = _fused_lora_forward(module)  # type: ignore[method-assign]
+            patched.append(module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _fused_lora_forward(module: Any) -> Any:
+    import torch
+
+    own = type(module).forward
+
+    def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+        adapters = module.active_adapters
+        if args or kwargs or module.disable_adapters or module.merged or len(adapters) != 1:
+            return own(module, x, *args, **kwargs)
+        name = adapters[0]
+        if name not in module.lora_A or name in module.lora_variant or torch.is_autocast_enabled(x.device.type):
+            return own(module, x, *args, **kwargs)
+        lora_a, lora_b = module.lora_A[name], module.lora_B[name]
+        if type(lora_b) is not torch.nn.Linear or lora_b.bias is not None or x.dtype != lora_a.weight.dtype:
+            return own(module, x, *args, **kwargs)
+        result = module.base_layer(x)
+        update = lora_a(module.lora_dropout[name](x))
+        if result.dtype != lora_b.weight.dtype:  # PEFT's own sum, in its dtype (the base layer has run already)
+            return (result + lora_b(update) * module.scaling[name]).to(result.dtype)
+        features = result.shape[-1]
+        summed = torch.addmm(
+            result.reshape(-1, features),
+            update.reshape(-1, update.shape[-1]),
+            lora_b.weight.t(),
+            alpha=module.scaling[name],
+        )
+        return summed.view(result.shape)
 
     return forward
 
