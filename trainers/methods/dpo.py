@@ -304,13 +304,9 @@ def _bf16_frozen_linears(model: Any) -> Iterator[int]:
             continue
         weight = module.weight.detach().to(torch.bfloat16)
         bias = None if module.bias is None else module.bias.detach().to(torch.bfloat16)
-        module.forward = _bf16_forward(module, weight, bias)  # type: ignore[method-assign]
-        patched.append(module)
-    try:
+        patched.append((module, _bf16_forward(module, weight, bias)))
+    with _instance_forwards(patched):
         yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
 
 
 def _bf16_forward(module: Any, weight: Any, bias: Any) -> Any:
@@ -336,16 +332,10 @@ def _fused_lora_add(model: Any) -> Iterator[int]:
     extra arguments, autocast, mixed dtypes) runs PEFT's own forward. Yields how many layers it covers."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    patched = []
-    for module in model.modules():
-        if isinstance(module, LoraLinear) and "forward" not in vars(module):
-            module.forward = _fused_lora_forward(module)  # type: ignore[method-assign]
-            patched.append(module)
-    try:
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear) and "forward" not in vars(m)]
+    patched = [(m, _fused_lora_forward(m)) for m in layers]
+    with _instance_forwards(patched):
         yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
 
 
 def _fused_lora_forward(module: Any) -> Any:
@@ -387,36 +377,47 @@ def _score_labelled_positions_only() -> Iterator[bool]:
     It decides through `trl.trainer.utils._use_triton`, which that function alone reads there (the kernel keeps its
     own reference, so its tiles still fold in torch). Yields whether it could (False: another TRL layout, left as
     it is)."""
-    try:
-        from trl.trainer import utils as trl_utils
-    except ImportError:
-        yield False
-        return
-    previous = getattr(trl_utils, "_use_triton", None)
-    if previous is None:
-        yield False
-        return
-    trl_utils._use_triton = lambda device: True
-    try:
-        yield True
-    finally:
-        trl_utils._use_triton = previous
+    with _module_attribute("trl.trainer.utils", "_use_triton", lambda device: True) as swapped:
+        yield swapped
 
 
 @contextlib.contextmanager
 def _logprob_tiles(tokens: int) -> Iterator[None]:
     """TRL's chunked log-prob head with `tokens` per tile for the duration (a module constant; restored after)."""
+    with _module_attribute("trl.kernels.chunked_logprob", "TOKEN_CHUNK_SIZE", tokens):
+        yield
+
+
+@contextlib.contextmanager
+def _module_attribute(module_name: str, name: str, value: Any) -> Iterator[bool]:
+    """`module_name.name` set to `value` for the duration and restored after. Yields whether it was: False where the
+    module or the attribute is missing (another layout of the library: left as it is)."""
+    import importlib
+
     try:
-        from trl.kernels import chunked_logprob as kernel
-    except ImportError:  # another TRL layout: its own default applies
-        yield
+        module = importlib.import_module(module_name)
+    except ImportError:
+        yield False
         return
-    previous = getattr(kernel, "TOKEN_CHUNK_SIZE", None)
+    previous = getattr(module, name, None)
     if previous is None:
-        yield
+        yield False
         return
-    kernel.TOKEN_CHUNK_SIZE = tokens
+    setattr(module, name, value)
+    try:
+        yield True
+    finally:
+        setattr(module, name, previous)
+
+
+@contextlib.contextmanager
+def _instance_forwards(patched: list[tuple[Any, Any]]) -> Iterator[None]:
+    """Each (module, forward) pair's `forward` as the module's instance attribute for the duration; removed after, so
+    that the class's own forward is back."""
+    for module, forward in patched:
+        module.forward = forward
     try:
         yield
     finally:
-        kernel.TOKEN_CHUNK_SIZE = previous
+        for module, _ in patched:
+            del module.forward
