@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.schema import Table
 
@@ -51,9 +52,14 @@ class BulkWriter:
             f"AS r({record}) {on_conflict}"
         )
         self.pg_sql = text(self.insert_sql + (f' RETURNING "{returning}"' if returning else ""))
+        self._pg_dbapi_sql = dbapi_sql(self.pg_sql)
+        self._names = frozenset(self.columns)
 
     def document(self, rows: list[dict[str, Any]]) -> str:
-        """The rows as the JSON document that `insert_sql` takes as `:rows`."""
+        """The rows as the JSON document that `insert_sql` takes as `:rows`. Rows that hold exactly the writer's
+        columns are serialized as they are (copying each into a dict of its columns cost more than serializing)."""
+        if all(r.keys() == self._names for r in rows):
+            return orjson.dumps(rows).decode()
         return orjson.dumps([{c: r[c] for c in self.columns} for r in rows]).decode()
 
     def write(self, session: Session, rows: list[dict[str, Any]]) -> list[Any]:
@@ -61,8 +67,8 @@ class BulkWriter:
         if not rows:
             return []
         if session.get_bind().dialect.name == "postgresql":
-            result = session.execute(self.pg_sql, {"rows": self.document(rows)})
-            return list(result.scalars()) if self.returning else []
+            written = pg_fetch(session, self._pg_dbapi_sql, {"rows": self.document(rows)}, self.returning is not None)
+            return [value for (value,) in written]
         stmt = dialect_insert(session, self.table)
         if self.update:
             stmt = stmt.on_conflict_do_update(
@@ -74,3 +80,20 @@ class BulkWriter:
             return list(session.scalars(stmt.returning(self.table.c[self.returning]), rows))
         session.execute(stmt, rows)
         return []
+
+
+def dbapi_sql(statement: Any) -> str:
+    """A `text()` statement in psycopg's own parameter style (`%(name)s`), for `pg_fetch`."""
+    return str(statement.compile(dialect=psycopg.dialect()))
+
+
+def pg_fetch(session: Session, sql: str, params: dict[str, Any], rows: bool = True) -> Sequence[Any]:
+    """Run a statement (from `dbapi_sql`) on the session's psycopg connection, inside its transaction, past
+    SQLAlchemy's execution and result layers (on the ingest path they cost as much as the database work). Returns
+    psycopg's plain tuples (`rows`), or nothing for a statement that returns none."""
+    cursor = session.connection().connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if rows else []
+    finally:
+        cursor.close()

@@ -10,7 +10,6 @@ from typing import Any, cast
 
 import orjson
 from sqlalchemy import Table, bindparam, select, text
-from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
@@ -18,7 +17,7 @@ from core.errors import InvalidInput, NotFound
 from core.projects import Project
 from core.settings import Settings
 from feedback import fold
-from feedback.bulk import BulkWriter
+from feedback.bulk import BulkWriter, dbapi_sql, pg_fetch
 from feedback.join import FEEDBACK_CODE, GENERATION_CODE
 from feedback.models import FeedbackEvent, Generation
 from feedback.schemas import (
@@ -87,7 +86,7 @@ _PG_STORE_AND_QUEUE = text(
 )
 # The same in psycopg's own parameter style: ingest runs it on the session's DBAPI connection, past SQLAlchemy's
 # execution layers (a tenth of a single-event request's CPU went to them).
-_PG_STORE_AND_QUEUE_DBAPI = str(_PG_STORE_AND_QUEUE.compile(dialect=psycopg.dialect()))
+_PG_STORE_AND_QUEUE_DBAPI = dbapi_sql(_PG_STORE_AND_QUEUE)
 
 # Code-bearing events of generations whose `generation` event (stored earlier, perhaps not folded yet) has an
 # excluded path: their code is dropped before it is stored.
@@ -238,12 +237,7 @@ def store(
     if not fold_inline and session.get_bind().dialect.name == "postgresql":
         # The rows hold exactly the writer's columns: serialized as they are, without `document`'s copies.
         params = {"rows": orjson.dumps(rows).decode(), "p": project_id, "t": now}
-        cursor = session.connection().connection.cursor()  # inside the session's transaction
-        try:
-            cursor.execute(_PG_STORE_AND_QUEUE_DBAPI, params)
-            stored = {event_id for (event_id,) in cursor.fetchall()}
-        finally:
-            cursor.close()
+        stored = {event_id for (event_id,) in pg_fetch(session, _PG_STORE_AND_QUEUE_DBAPI, params)}
     else:  # SQLite has no fold queue: it always folds here
         stored = set(_WRITE_EVENTS.write(session, rows))
         fold.fold(session, {project_id: {by_id[event_id].generation_id for event_id in stored}})
