@@ -26,10 +26,12 @@ count per KIND. What is detected:
 Why the prefilter: the collector scrubs every event and almost no text contains a secret, so the
 cost that matters is the clean path. Each detector declares anchors: regex fragments, one of which
 occurs (in the lower-cased text, or for a few case-sensitive formats in the original) wherever the
-detector can match. The anchors are merged into one regex per first character, which sre searches
-with a fast scan for that character (one regex of alternatives with different first characters is
-tried at nearly every position and costs several times more). Clean text costs one str.lower() and
-ten such scans; a detector runs only when one of its own anchors occurs. Every case-insensitive
+detector can match. Each anchor starts with a few literal strings (`gh[pousr]_`: five of them); all
+of them go into one Aho-Corasick automaton per haystack (ahocorasick-rs), which finds every
+occurrence of every literal in one pass; an anchor that is more than its literals is then matched in
+full where one occurs. Clean text costs one str.lower() and two such passes (sre needed ten scans,
+one per first character, for the same answer: 6 us against 4.5 us on 1 KB of code, the Python around
+the hits included); a detector runs only when one of its own anchors occurs. Every case-insensitive
 detector is compiled with re.ASCII, so it cannot match a non-ASCII case variant of an anchor that the
 lower-cased text would not show.
 
@@ -45,13 +47,16 @@ import bisect
 import dataclasses
 import functools
 import math
-import operator
 import re
+import re._constants as sre_constants
+import re._parser as sre_parser
 import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import ahocorasick_rs
 from detect_secrets.filters.heuristic import (
     is_not_alphanumeric_string,
     is_prefixed_with_dollar_sign,
@@ -205,7 +210,7 @@ _TOKEN_RULES: tuple[tuple[_Rule, tuple[str, ...], tuple[str, ...]], ...] = (
     *((_Rule("pypi_token", _ascii(p)), ("pypi-",), ()) for p in PypiTokenDetector.denylist),
     *((_Rule("sendgrid_key", _ascii(p)), (r"sg\.",), ()) for p in SendGridDetector.denylist),
     (_Rule("twilio_key", _DS_TWILIO_ACCOUNT), (), ("AC[a-z0-9]{32}",)),
-    (_Rule("twilio_key", _DS_TWILIO_API_KEY), ("k[a-z0-9]{32}",), ()),
+    (_Rule("twilio_key", _DS_TWILIO_API_KEY), (), ("SK[a-z0-9]{32}",)),
     (_Rule("google_api_key", _own(r"AIza[0-9A-Za-z_-]{35}")), (), ("AIza",)),
     (_Rule("npm_token", _own(r"npm_[A-Za-z0-9]{36}")), ("pm_",), ()),
     (_Rule("jwt", _JWT, validate=JwtTokenDetector.is_formally_valid), ("yj",), ()),
@@ -622,60 +627,99 @@ _DETECTORS = (
 )
 
 
+# The prefilter: every anchor as the literal strings it can start with (`_anchor_literals`), all of them in one
+# Aho-Corasick automaton per haystack (the lower-cased text, the original text), searched in one pass. An anchor
+# that is more than its literals (`AC[a-z0-9]{32}`, `key(?<=[a-z0-9_-]key)`) is matched in full where one of its
+# literals occurs.
+_MAX_LITERALS = 32  # per anchor: a character class or alternation that would expand to more ends the literal
+
+
+def _anchor_literals(anchor: str) -> tuple[list[str], bool]:
+    """The literal strings that every match of `anchor` starts with (at least 2 characters each), and whether they
+    are the whole anchor. Expands literals, small character classes and non-capturing alternations; stops at
+    anything else (repeats, lookarounds). Raises ValueError for an anchor without a literal start of 2 characters
+    or with a capturing group."""
+    if re.compile(anchor).groups:
+        raise ValueError(f"an anchor must capture nothing: {anchor!r}")
+    literals, whole = _expand(list(sre_parser.parse(anchor)))
+    if not literals or min(map(len, literals)) < 2:
+        raise ValueError(f"an anchor must start with a literal of 2 characters or more: {anchor!r}")
+    return sorted(literals), whole
+
+
+def _expand(items: list[tuple[Any, Any]]) -> tuple[set[str], bool]:
+    prefixes = {""}
+    for op, value in items:
+        if op is sre_constants.LITERAL:
+            options, whole = {chr(value)}, True
+        elif op is sre_constants.IN and all(kind is sre_constants.LITERAL for kind, _ in value):
+            options, whole = {chr(code) for _, code in value}, True
+        elif op is sre_constants.SUBPATTERN and value[0] is None and not value[1] and not value[2]:
+            options, whole = _expand(list(value[3]))
+        elif op is sre_constants.BRANCH:
+            expanded = [_expand(list(branch)) for branch in value[1]]
+            options, whole = set().union(*(o for o, _ in expanded)), all(w for _, w in expanded)
+        else:
+            return prefixes, False
+        if not options or "" in options or len(prefixes) * len(options) > _MAX_LITERALS:
+            return prefixes, False
+        prefixes = {prefix + option for prefix in prefixes for option in options}
+        if not whole:
+            return prefixes, False
+    return prefixes, True
+
+
 @dataclass(frozen=True, slots=True)
-class _Gate:
-    # The anchors that share a literal first character, as alternatives after it: sre scans for that
-    # character quickly, whereas alternatives that start with different characters would be tried at
-    # nearly every position.
-    pattern: re.Pattern[str]
-    alternatives: tuple[re.Pattern[str], ...]  # each anchor alone, to tell which ones occur
-    masks: tuple[int, ...]  # per alternative, the bitmask (over _DETECTORS) of the detectors it serves
-    union: int
-    exact: bool  # searched in the original text rather than the lower-cased one
+class _Prefilter:
+    automaton: ahocorasick_rs.AhoCorasick
+    masks: tuple[int, ...]  # per literal: the detectors (bitmask over _DETECTORS) of the anchor it starts
+    checks: tuple[re.Pattern[str] | None, ...]  # per literal: the whole anchor where it is more than the literal
 
 
-def _build_gates(detectors: tuple[_Detector, ...]) -> tuple[_Gate, ...]:
-    alternatives: dict[tuple[bool, str], dict[str, int]] = {}
-    for bit, detector in enumerate(detectors):
-        for exact, anchors in ((False, detector.anchors), (True, detector.exact_anchors)):
-            for anchor in anchors:
-                if not (anchor[0].isalnum() or anchor[0] in ":-_") or re.compile(anchor).groups:
-                    raise ValueError(f"an anchor must start with a literal and capture nothing: {anchor!r}")
-                rests = alternatives.setdefault((exact, anchor[0]), {})
-                rests[anchor[1:]] = rests.get(anchor[1:], 0) | 1 << bit
-    gates = []
-    for (exact, first), rests in alternatives.items():
-        prefix, masks = re.escape(first), tuple(rests.values())
-        gates.append(
-            _Gate(
-                pattern=re.compile(prefix + ("(?:" + "|".join(rests) + ")" if len(rests) > 1 else next(iter(rests)))),
-                alternatives=tuple(re.compile(prefix + rest) for rest in rests),
-                masks=masks,
-                union=functools.reduce(operator.or_, masks),
-                exact=exact,
+def _build_prefilters(detectors: tuple[_Detector, ...]) -> tuple[_Prefilter | None, _Prefilter | None]:
+    """(over the lower-cased text, over the original text)."""
+    built: list[_Prefilter | None] = []
+    for exact in (False, True):
+        entries: dict[tuple[str, str | None], int] = {}  # (literal, anchor to check) -> mask
+        for bit, detector in enumerate(detectors):
+            for anchor in detector.exact_anchors if exact else detector.anchors:
+                literals, whole = _anchor_literals(anchor)
+                for literal in literals:
+                    key = (literal, None if whole else anchor)
+                    entries[key] = entries.get(key, 0) | 1 << bit
+        if not entries:
+            built.append(None)
+            continue
+        keys = list(entries)
+        built.append(
+            _Prefilter(
+                # Standard semantics, overlapping: every occurrence of every literal, so none hides another.
+                automaton=ahocorasick_rs.AhoCorasick(
+                    [literal for literal, _ in keys], matchkind=ahocorasick_rs.MatchKind.Standard
+                ),
+                masks=tuple(entries.values()),
+                checks=tuple(None if anchor is None else re.compile(anchor) for _, anchor in keys),
             )
         )
-    return tuple(gates)
+    return built[0], built[1]
 
 
-_GATES = _build_gates(_DETECTORS)
+_LOWERED_PREFILTER, _EXACT_PREFILTER = _build_prefilters(_DETECTORS)
 
 
 def _fired_detectors(text: str, lowered: str) -> int:
     """Bitmask of the detectors whose anchors occur in the text (the prefilter)."""
     fired = 0
-    for gate in _GATES:
-        haystack = text if gate.exact else lowered
-        first = gate.pattern.search(haystack)
-        if first is None:
+    for prefilter, haystack in ((_LOWERED_PREFILTER, lowered), (_EXACT_PREFILTER, text)):
+        if prefilter is None:
             continue
-        if len(gate.masks) == 1:
-            fired |= gate.union
-            continue
-        # A shared gate found an anchor; tell which ones occur so that only their detectors run.
-        for alternative, mask in zip(gate.alternatives, gate.masks, strict=True):
-            if mask & ~fired and alternative.search(haystack, first.start()):
-                fired |= mask
+        masks, checks = prefilter.masks, prefilter.checks
+        for index, start, _ in prefilter.automaton.find_matches_as_indexes(haystack, overlapping=True):
+            mask = masks[index]
+            if mask & ~fired:
+                check = checks[index]
+                if check is None or check.match(haystack, start):
+                    fired |= mask
     return fired
 
 
@@ -719,8 +763,8 @@ _SEPARATOR = "\n\x00\n"
 
 def may_hold_secrets(texts: Sequence[str]) -> bool:
     """False when no detector's anchor occurs in any of the texts: `scrub_text` would then return every one of them
-    unchanged. One prefilter pass over them all: an event's few texts cost one `lower()` and ten scans instead of
-    that many per text (the Python around each scan cost as much as the scan)."""
+    unchanged. One prefilter pass over them all: an event's few texts cost one `lower()` and one pass instead of
+    one per text (the Python around each pass cost as much as the pass)."""
     joined = texts[0] if len(texts) == 1 else _SEPARATOR.join(texts)
     return _fired_detectors(joined, joined.lower()) != 0
 

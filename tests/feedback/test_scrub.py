@@ -589,9 +589,30 @@ def test_prefilter_agrees_with_running_every_detector_on_random_mixtures() -> No
         assert scrub_text(text) == scrub._scrub(text, text.lower(), ALL_DETECTORS), text
 
 
-def test_anchor_fragments_start_with_a_literal() -> None:
-    with pytest.raises(ValueError):
-        scrub._build_gates((scrub._Detector("bad", lambda text, lowered: [], anchors=("[ab]c",)),))
+def test_anchors_expand_to_the_literals_they_start_with() -> None:
+    assert scrub._anchor_literals("gh[pousr]_") == (["gho_", "ghp_", "ghr_", "ghs_", "ghu_"], True)
+    assert scrub._anchor_literals("A(?:KIA|3T)") == (["A3T", "AKIA"], True)
+    assert scrub._anchor_literals(r"sg\.") == (["sg."], True)
+    # More than its literals: the whole anchor is checked where a literal occurs.
+    assert scrub._anchor_literals("key(?<=[a-z0-9_-]key)") == (["key"], False)
+    assert scrub._anchor_literals("SK[a-z0-9]{32}") == (["SK"], False)
+    for bad in ("[a-z]{3}", "k[a-z0-9]{32}", "(ab)c", "a|bc"):  # no literal start of 2+ characters, or a group
+        with pytest.raises(ValueError):
+            scrub._build_prefilters((scrub._Detector("bad", lambda text, lowered: [], anchors=(bad,)),))
+
+
+def _bit(name: str) -> int:
+    return 1 << [detector.name for detector in scrub._DETECTORS].index(name)
+
+
+def test_prefilter_sees_anchors_that_overlap_or_fail_their_check() -> None:
+    # "AKIA" ends inside "AC...": both occur, so both the AWS and the Twilio detectors run.
+    text = "AKIAC" + "0123456789abcdef" * 2
+    fired = scrub._fired_detectors(text, text.lower())
+    assert fired & _bit("aws_access_key_0") and fired & _bit("twilio_key_18")
+    # A "key" that its check refuses (no name character before it) fires nothing; the compound one fires.
+    assert not scrub._fired_detectors("sorted(x, key=len)", "sorted(x, key=len)") & _bit("keyword_key")
+    assert scrub._fired_detectors("x = api_key", "x = api_key") & _bit("keyword_key")
 
 
 # --- Worst case: long lines stay linear. ---
