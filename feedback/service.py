@@ -193,18 +193,21 @@ def store(
     globs = list(excluded_paths)
     now = utcnow()
 
-    newly_excluded = {
-        e.generation_id for e in events if isinstance(e, GenerationEvent) and is_excluded(e.file_path, globs)
-    }
-    with_code = {
-        e.generation_id
-        for e in events
-        if not isinstance(e, GenerationEvent) and any(getattr(e, f, None) is not None for f in FEEDBACK_CODE)
-    }
     # With no globs now, no generation can be excluded now. (One excluded under globs since removed keeps its code out
     # all the same: the fold redacts feedback code of excluded generations.)
-    earlier = sorted(with_code - newly_excluded) if globs else []
-    excluded = newly_excluded | (_excluded_before(session, project_id, earlier) if earlier else set())
+    newly_excluded: set[str] = set()
+    excluded: set[str] = set()
+    if globs:
+        newly_excluded = {
+            e.generation_id for e in events if isinstance(e, GenerationEvent) and is_excluded(e.file_path, globs)
+        }
+        with_code = {
+            e.generation_id
+            for e in events
+            if not isinstance(e, GenerationEvent) and any(getattr(e, f, None) is not None for f in FEEDBACK_CODE)
+        }
+        earlier = sorted(with_code - newly_excluded)
+        excluded = newly_excluded | (_excluded_before(session, project_id, earlier) if earlier else set())
 
     order = sorted(by_id)  # one insert order everywhere, so concurrent batches cannot deadlock
     rows = []
@@ -215,12 +218,13 @@ def store(
         if event.generation_id in excluded:
             for field in (*GENERATION_CODE, *FEEDBACK_CODE):
                 payload.pop(field, None)
-        found: Counter[str] = Counter()
+        found: Counter[str] | None = None
         texts = _texts(payload, [])
         if texts and may_hold_secrets(texts):  # most events: one prefilter pass over all their texts, and clean
+            found = Counter()
             payload = _scrub(payload, found)
-        if found:
-            secrets[event_id] = found
+            if found:
+                secrets[event_id] = found
         rows.append(
             {
                 "project_id": project_id,
