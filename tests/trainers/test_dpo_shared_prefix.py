@@ -14,7 +14,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWa
 TOLERANCE = 1e-4  # per-sequence log-probs are sums of ~70 fp32 terms
 
 
-def preference_trainer(model: Any, tokenizer: Any, prompts: list[str], tmp_path: Path) -> Any:
+def preference_trainer(
+    model: Any, tokenizer: Any, prompts: list[str], tmp_path: Path, bf16_reference: bool = False
+) -> Any:
     """Our DPOTrainer subclass around `model`, with a LoRA whose B matrices are random (so the adapter is not a
     no-op and the gradients reach every LoRA weight), on style pairs whose prompts are `prompts`."""
     import torch
@@ -38,7 +40,7 @@ def preference_trainer(model: Any, tokenizer: Any, prompts: list[str], tmp_path:
         activation_checkpointing=False,
     )
     lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = _shared_prefix_trainer()(
+    trainer = _shared_prefix_trainer(bf16_reference=bf16_reference)(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora
     )
     torch.manual_seed(0)
@@ -231,6 +233,43 @@ def test_bf16_frozen_linears_multiply_in_bf16_and_restore_the_model(tiny_model: 
         assert p.dtype == torch.float32 and torch.equal(p.detach(), weights[name]), name
     _, again, _ = log_probs_and_grads(policy, policy, batch)
     assert torch.equal(again, fp32_logps)
+
+
+def test_bf16_reference_runs_under_autocast_on_the_cached_weights(tiny_model: Path, tmp_path: Path) -> None:
+    """With a bf16 base the reference log-probs are computed under a bf16 autocast, where each frozen linear computes
+    exactly what autocast's own linear would, from its cached bf16 copy (bf16 out); the policy's log-probs keep their
+    fp32 activations, and without the flag the reference is computed as before."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.ml import load_tokenizer
+    from trainers.methods.dpo import _bf16_frozen_linears
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    tokenizer = load_tokenizer(str(tiny_model))
+    plain = preference_trainer(model, tokenizer, PROMPTS, tmp_path / "plain")
+    batch = batch_of(plain)
+    with torch.no_grad():
+        fp32_ref = plain.compute_ref_log_probs(plain.model, batch)
+    trainer = preference_trainer(model, tokenizer, PROMPTS, tmp_path / "bf16", bf16_reference=True)
+    with _bf16_frozen_linears(trainer.model):
+        linear = next(m for m in trainer.model.modules() if type(m) is torch.nn.Linear and "forward" in vars(m))
+        x = torch.randn(3, linear.in_features)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours, autocasts = linear(x), type(linear).forward(linear, x)
+        assert ours.dtype == torch.bfloat16 and torch.equal(ours, autocasts)
+        with torch.no_grad():  # from the cached copy: the fp32 weight is not read
+            saved = linear.weight.clone()
+            linear.weight.zero_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.equal(linear(x), ours)
+            linear.weight.copy_(saved)
+        assert linear(x).dtype == torch.float32  # outside autocast: fp32 out, as before
+        bf16_ref = trainer.compute_ref_log_probs(trainer.model, batch)
+        again = plain.compute_ref_log_probs(plain.model, batch)  # no autocast: the bf16 linears' fp32 activations
+    for bf16_side, fp32_side, unflagged in zip(bf16_ref, fp32_ref, again, strict=True):
+        assert not torch.equal(bf16_side, fp32_side) and not torch.equal(bf16_side, unflagged)
+        torch.testing.assert_close(bf16_side, fp32_side, rtol=0.02, atol=0.5)
 
 
 def test_the_head_scores_only_labelled_positions_with_the_same_results(
