@@ -80,7 +80,7 @@ from sqlalchemy.sql.schema import Table
 from core.db import utcnow
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
-from feedback.bulk import BulkWriter
+from feedback.bulk import BulkWriter, pg_fetch
 from feedback.config import DatasetConfig
 from feedback.fold import settle
 from feedback.models import DatasetBuild, Generation, TrainingRow
@@ -586,9 +586,7 @@ class _Build:
         if not self.pg:
             return list(map(_Gen._make, self.session.execute(query).all()))
         compiled = query.compile(dialect=self.session.get_bind().dialect)
-        with self.session.connection().connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
-            cursor.execute(compiled.string, compiled.params)
-            return list(map(_Gen._make, cursor.fetchall()))
+        return list(map(_Gen._make, pg_fetch(self.session, compiled.string, compiled.params)))
 
     def _add_groups(self, gens: dict[int, _Gen], hashes: set[str]) -> list[_Gen]:
         """Load the members of these prompt groups that are not loaded yet: ids first, so no text is read twice."""

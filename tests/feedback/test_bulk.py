@@ -9,7 +9,6 @@ from sqlalchemy import Table, select
 
 from core.db import get_engine, session_scope
 from core.projects import create_project
-from feedback.bulk import BulkWriter
 from feedback.models import FeedbackEvent
 from feedback.service import _WRITE_EVENTS
 
@@ -43,7 +42,7 @@ def test_document_holds_exactly_the_writer_columns() -> None:
 
 
 def test_write_returns_what_it_stored_and_skips_conflicts(db_url: str) -> None:
-    writer = BulkWriter(_EVENTS, list(_WRITE_EVENTS.columns), conflict=["project_id", "event_id"], returning="event_id")
+    writer = _WRITE_EVENTS  # ingest's writer: ON CONFLICT DO NOTHING RETURNING event_id
     with session_scope(db_url) as session:
         project_id = create_project(session, "bulk-writer").id
     with session_scope(db_url) as session:
