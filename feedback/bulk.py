@@ -89,9 +89,9 @@ def dbapi_sql(statement: Any) -> str:
 
 def pg_fetch(session: Session, sql: str, params: dict[str, Any], rows: bool = True) -> Sequence[Any]:
     """Run a statement in psycopg's parameter style (`dbapi_sql`, or a statement compiled for the psycopg dialect)
-    on the session's psycopg connection, inside its transaction, past
-    SQLAlchemy's execution and result layers (on the ingest path they cost as much as the database work). Returns
-    psycopg's plain tuples (`rows`), or nothing for a statement that returns none."""
+    on the session's psycopg connection, inside its transaction, past SQLAlchemy's execution and result layers (on
+    the ingest path they cost as much as the database work). Returns psycopg's plain tuples (`rows`), or nothing for
+    a statement that returns none."""
     cursor = session.connection().connection.cursor()
     try:
         cursor.execute(sql, params)
