@@ -219,7 +219,7 @@ def test_bf16_frozen_linears_multiply_in_bf16_and_restore_the_model(tiny_model: 
     base_linears = [m for n, m in policy.named_modules() if type(m) is torch.nn.Linear and "lora_" not in n]
     assert output in base_linears and not any("forward" in vars(m) for m in base_linears)
     with _bf16_frozen_linears(policy) as patched:
-        assert patched == len(base_linears) - 1  # all but the output embedding
+        assert patched == [m for m in base_linears if m is not output]  # all but the output embedding
         assert [m for m in base_linears if "forward" not in vars(m)] == [output]
         _, bf16_logps, bf16_grads = log_probs_and_grads(policy, policy, batch)
     assert not any("forward" in vars(m) for m in base_linears)
@@ -358,3 +358,37 @@ def test_fused_lora_add_gives_peft_sum_and_gradients(tiny_model: Path, tmp_path:
     assert fused_grads.keys() == peft_grads.keys() and any("lora_A" in k for k in peft_grads)
     for name, grad in peft_grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_bf16_run_pages_out_the_mapped_fp32_weights_and_reads_them_back(tiny_model: Path, tmp_path: Path) -> None:
+    """With a bf16 base the loop reads only the frozen layers' bf16 copies: their fp32 weights, mapped from the
+    checkpoint, go back to the kernel for the run and read back afterwards exactly as they were."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core import host_memory
+    from core.ml import load_tokenizer
+    from trainers.config import DPORunConfig
+    from trainers.methods import dpo
+
+    if host_memory._libc() is None:
+        pytest.skip("Linux with glibc only")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    output = model.get_output_embeddings()
+    frozen = [m.weight for m in model.modules() if type(m) is torch.nn.Linear and m is not output]
+    mappings = host_memory._file_mappings()
+    assert all(any(low <= w.data_ptr() < high for low, high in mappings) for w in frozen)  # transformers maps the file
+    before = [w.detach().clone() for w in frozen]
+    rng = random.Random(0)
+    rows = []
+    for i in range(8):
+        _, chosen, rejected = styles.style_pair(rng, "type_hints", True)
+        rows.append({"prompt": PROMPTS[i % len(PROMPTS)], "chosen": chosen, "rejected": rejected})
+    config = DPORunConfig(seed=0, max_steps=2, batch_size=4, cpu_bf16_base="on")
+
+    trained = dpo.train(config, model, load_tokenizer(str(tiny_model)), rows, tmp_path)
+
+    assert trained.metrics["steps"] == 2 and trained.metrics["cpu_bf16_base"] is True
+    total_mb = sum(w.numel() * w.element_size() for w in frozen) / 2**20
+    assert trained.metrics["paged_out_mb"] >= 0.7 * total_mb  # whole pages of each weight
+    assert all(torch.equal(w.detach(), saved) for w, saved in zip(frozen, before, strict=True))
