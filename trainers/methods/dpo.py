@@ -39,7 +39,7 @@ How it is configured beyond the shared `trl_args`, each measured with `benchmark
   pages of the checkpoint's file mapping (transformers maps a checkpoint loaded in its own dtype, as an fp32
   bootstrap model is), they go back to the kernel for the loop (`core.host_memory.page_out_file_backed`) and fault
   back in from the file when read after it. On the EPYC, 26M model: 95 MB; `benchmarks/dpo.py --size small` peaks of
-  1,009-1,026 MB (six runs, with the steady heap below) against 1,142 before, 0.55-0.58x TRL's.
+  999-1,026 MB (eight runs, with the steady heap below) against 1,142 before, 0.55-0.58x TRL's.
 - on the CPU, glibc's malloc keeps the run's freed memory for reuse (`core.host_memory.steady_heap`) instead of
   returning it to the kernel and faulting it back in: on the EPYC, 800 pairs, the setup took 0.16 million page
   faults instead of 1.8-2.8 million and 15.6-17.0 s instead of 18.8-19.6 (three interleaved rounds), at the same
