@@ -37,7 +37,7 @@ def _libc() -> Any:
 
     if platform.libc_ver()[0] != "glibc":
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -84,7 +84,7 @@ def page_out_file_backed(tensors: Iterable[Any]) -> int:
             if last <= first:
                 continue
             if libc.madvise(first, last - first, MADV_PAGEOUT) != 0:
-                return asked  # EINVAL: a kernel older than 5.4
+                return asked  # a kernel older than 5.4 (EINVAL): nothing further will take it
             asked += last - first
     return asked
 
