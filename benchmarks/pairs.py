@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Training-row benchmark: how fast does `feedback.rows.build_rows` turn generations into training rows?
 
-Creates a throw-away Postgres database, migrates it, bulk-loads N generations with realistic Python code (the
-same rows the ingest service writes: `feedback.join.derive` fills outcome, final text and edit distance), runs
-ANALYZE, then times in this one process: a full build, a second build with no new feedback (it re-reads only the
+Creates a throw-away Postgres database, migrates it, bulk-loads N generations with realistic Python code (what the
+ingest service stores: the events, whose payloads hold the code, and the `generations` rows that name them, with
+outcome and edit distance filled by `feedback.join.derive`), runs ANALYZE, then times in this one process: a full build, a second build with no new feedback (it re-reads only the
 overlap), and an incremental build after `--touch` generations got a new edit. Prints a table with the phases
 each build spent its time in and the CPU time of this process and of the server's backend, and writes everything
 to benchmarks/results/pairs-<UTC timestamp>.json.
@@ -31,15 +31,15 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 from core.db import get_engine, session_scope  # noqa: E402
 from core.migrate import upgrade  # noqa: E402
 from core.projects import create_project  # noqa: E402
-from feedback import syntax  # noqa: E402
+from feedback import syntax, texts  # noqa: E402
 from feedback.bulk import BulkWriter  # noqa: E402
-from feedback.join import derive, empty_row, prompt_hash  # noqa: E402
-from feedback.models import Generation  # noqa: E402
+from feedback.join import ROW_CODE, derive, empty_row, prompt_hash  # noqa: E402
+from feedback.models import FeedbackEvent, Generation  # noqa: E402
 from feedback.rows import build_rows  # noqa: E402
 
 TARGET = 10_000  # generations/s
@@ -67,6 +67,66 @@ _COLUMNS = [c.name for c in _G.columns if c.name != "id"]
 _WRITE = BulkWriter(
     _G, _COLUMNS, conflict=["project_id", "generation_id"], update=[c for c in _COLUMNS if c != "project_id"]
 )
+_E = FeedbackEvent.__table__
+_EVENT_COLUMNS = [c.name for c in _E.columns]  # with `id`: the loader numbers the events (see `Events`)
+_WRITE_EVENTS = BulkWriter(_E, _EVENT_COLUMNS, conflict=["project_id", "event_id"])
+
+
+_SETVAL = text("SELECT setval(pg_get_serial_sequence('feedback_events', 'id'), max(id)) FROM feedback_events")
+
+
+class Events:
+    """The events behind the generation rows, as ingest would have stored them (`generations` holds their ids, and
+    their payloads hold the code). Numbered here, so that a row knows its events' ids before they are written; the
+    table's sequence is moved past them at the end (`close`)."""
+
+    def __init__(self, project_id: int) -> None:
+        self.project_id, self.next_id, self.rows = project_id, 1, []
+
+    def add(self, gid: str, event_id: str, kind: str, at: datetime, payload: dict[str, Any], excluded: bool) -> int:
+        pk, self.next_id = self.next_id, self.next_id + 1
+        self.rows.append(
+            {
+                "id": pk,
+                "project_id": self.project_id,
+                "event_id": event_id,
+                "type": kind,
+                "generation_id": gid,
+                "occurred_at": at,
+                "received_at": at,
+                "payload": payload,
+                "secrets": None,
+                "excluded": excluded,
+            }
+        )
+        return pk
+
+    def flush(self, session: Any) -> None:
+        _WRITE_EVENTS.write(session, self.rows)
+        self.rows = []
+
+    def close(self, session: Any) -> None:
+        self.flush(session)
+        session.execute(_SETVAL)
+
+
+def stored(row: dict[str, Any], events: Events) -> dict[str, Any]:
+    """A row folded in memory (with its code), as `generations` stores it: its events written, their ids kept."""
+    gid, excluded = row["generation_id"], row["excluded"]
+    code = {} if excluded else {"prompt": row["prompt"], "completion": row["completion"]}
+    shown = code | {k: row[k] for k in ("model", "language", "file_path", "user")}
+    row["shown_event_pk"] = events.add(gid, row["shown_event_id"], "generation", row["shown_at"], shown, excluded)
+    if row["decision"] is not None:
+        pk = events.add(gid, row["decision_event_id"], row["decision"], row["decided_at"], {}, False)
+        row["decision_event_pk"] = pk
+    if row["edited_event_id"] is not None:
+        edit = {} if excluded else {"final_text": row["final_text"]}
+        row["edited_event_pk"] = events.add(gid, row["edited_event_id"], "edited", row["edited_at"], edit, False)
+    if row["rating_event_id"] is not None:
+        events.add(gid, row["rating_event_id"], "rating", row["rated_at"], {"score": row["rating_score"]}, False)
+    for field in ROW_CODE:
+        del row[field]
+    return row
 
 
 class Workload:
@@ -192,32 +252,44 @@ def _statement_start(lines: list[str], i: int) -> bool:
     )
 
 
-def load(url: str, work: Workload, n: int, t0: datetime, spread_s: float) -> None:
+def load(url: str, work: Workload, n: int, t0: datetime, spread_s: float) -> Events:
+    events = Events(work.project_id)
     batch: list[dict[str, Any]] = []
     for i in range(n):
         updated = t0 + timedelta(seconds=spread_s * i / n + 60)  # feedback arrived over the spread
-        batch.append(work.row(i, f"gen-{i:08d}", updated))
+        batch.append(stored(work.row(i, f"gen-{i:08d}", updated), events))
         if len(batch) == 2000 or i == n - 1:
             with session_scope(url) as session:
+                events.flush(session)
                 _WRITE.write(session, batch)
             batch = []
+    with session_scope(url) as session:
+        events.close(session)
+    return events
 
 
-def touch(url: str, work: Workload, project_id: int, n: int, total: int, now: datetime) -> None:
-    """A new, later edit of `n` existing generations, as ingest would fold it in."""
+def touch(url: str, work: Workload, events: Events, n: int, total: int, now: datetime) -> None:
+    """A new, later edit of `n` existing generations, as ingest would store and fold it."""
     gids = [f"gen-{i:08d}" for i in sorted(work.rng.sample(range(total), n))]
     with session_scope(url) as session:
-        query = select(_G).where(_G.c.project_id == project_id, _G.c.generation_id.in_(gids))
-        rows = [dict(r) for r in session.execute(query).mappings()]
-        for row in rows:
-            del row["id"]
-            if row["completion"] is None:
+        query = texts.select_with_code(_G).where(_G.c.project_id == work.project_id, _G.c.generation_id.in_(gids))
+        rows = []
+        for read in session.execute(query).mappings():
+            row = {c: read[c] for c in _COLUMNS} | texts.code_of_mapping(dict(read))
+            if row["completion"] is None:  # excluded: no code to edit
                 continue
+            gid = row["generation_id"]
             row["final_text"], _ = work.edit(row["completion"])
-            row["edited_at"], row["edited_event_id"] = now, f"{row['generation_id']}:edited:again"
+            row["edited_at"], row["edited_event_id"] = now, f"{gid}:edited:again"
+            payload = {"final_text": row["final_text"]}
+            row["edited_event_pk"] = events.add(gid, row["edited_event_id"], "edited", now, payload, False)
             row["event_count"] += 1
             derive(row)
             row["updated_at"] = now
+            for field in ROW_CODE:
+                del row[field]
+            rows.append(row)
+        events.close(session)
         _WRITE.write(session, rows)
 
 
@@ -365,9 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         clock = time.perf_counter()
         t0 = started - timedelta(seconds=args.spread_s + 120)
         work = Workload(args.seed, project_id, t0, args.spread_s, args.generations)
-        load(url, work, args.generations, t0, args.spread_s)
+        events = load(url, work, args.generations, t0, args.spread_s)
         with get_engine(url).connect() as conn:
-            conn.exec_driver_sql("ANALYZE generations")  # as autovacuum would have, on a live database
+            conn.exec_driver_sql("ANALYZE generations, feedback_events")  # as autovacuum would have, on a live database
             conn.commit()
         load_s = time.perf_counter() - clock
         print(f"loaded {args.generations:,} generations in {load_s:.1f}s: {work.kinds}", flush=True)
@@ -379,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             conn.commit()
         results["no-op"] = timed_build(url, project_id, args.batch_size, False, args.cold_cache)
         if args.touch:
-            touch(url, work, project_id, min(args.touch, args.generations), args.generations, datetime.now(UTC))
+            touch(url, work, events, min(args.touch, args.generations), args.generations, datetime.now(UTC))
             results[f"touched {args.touch:,}"] = timed_build(url, project_id, args.batch_size, False, args.cold_cache)
         load_after = os.getloadavg()
 

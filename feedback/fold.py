@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.db import utcnow
 from core.settings import Settings
 from feedback.bulk import BulkWriter, dbapi_sql, pg_fetch
-from feedback.join import FEEDBACK_CODE, derive, empty_row, merge
+from feedback.join import FEEDBACK_CODE, ROW_CODE, derive, empty_row, merge
 from feedback.models import FeedbackEvent, Generation
 
 _GEN = cast(Table, Generation.__table__)
@@ -174,7 +174,7 @@ def _recompute(session: Session, project_id: int, events: Sequence[Any], now: da
             if excluded and any(field in payload for field in FEEDBACK_CODE):
                 payload = {k: v for k, v in payload.items() if k not in FEEDBACK_CODE}
                 code_to_redact.append((pk, payload))
-            merge(row, kind, event_id, _utc(occurred_at), payload)
+            merge(row, kind, event_id, _utc(occurred_at), payload, pk)
             if secrets_text:
                 secrets.update(orjson.loads(secrets_text))
         row["excluded"] = excluded
@@ -182,6 +182,8 @@ def _recompute(session: Session, project_id: int, events: Sequence[Any], now: da
         for pk, kept in code_to_redact:  # feedback stored before its generation revealed an excluded path
             session.execute(update(FeedbackEvent).where(FeedbackEvent.id == pk).values(payload=kept))
         derive(row)
+        for field in ROW_CODE:  # stays in the winning events' payloads (feedback/texts.py reads it from there)
+            del row[field]
         row["updated_at"] = now
         out.append(row)
     return out

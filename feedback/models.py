@@ -3,7 +3,19 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base, BigId, Json, UTCDateTime, utcnow
@@ -47,7 +59,11 @@ class FoldQueue(Base):
 
 class Generation(Base):
     """One row per generation. Each group of fields is won by one event (the first `generation`, the latest
-    decision, edit and rating by (occurred_at, event_id)), so the row converges whatever the arrival order."""
+    decision, edit and rating by (occurred_at, event_id)), so the row converges whatever the arrival order.
+
+    The code (prompt or messages, completion, prefix, suffix, accepted and final text) is not copied here: it stays
+    in the payloads of the winning events, which `*_event_pk` name (`feedback_events.id`), and readers look them
+    up (feedback/texts.py). Copying it made this row ~2 KB and cost Postgres about as much as storing the events did."""
 
     __tablename__ = "generations"
     __table_args__ = (
@@ -62,34 +78,31 @@ class Generation(Base):
     generation_id: Mapped[str] = mapped_column(String(200))
     outcome: Mapped[str] = mapped_column(String(16))
 
-    # From the `generation` event.
-    prompt: Mapped[str | None] = mapped_column(Text)
-    messages: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    # From the `generation` event (its prompt, messages, completion, prefix and suffix stay in its payload).
     # sha256 of the prompt (or the chat messages): generations of the same prompt share it.
     prompt_hash: Mapped[str | None] = mapped_column(String(64))
-    completion: Mapped[str | None] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(200))
     language: Mapped[str | None] = mapped_column(String(64))
     file_path: Mapped[str | None] = mapped_column(String(1024))
-    prefix: Mapped[str | None] = mapped_column(Text)
-    suffix: Mapped[str | None] = mapped_column(Text)
     user: Mapped[str | None] = mapped_column(String(200))
     session: Mapped[str | None] = mapped_column(String(200))
     latency_ms: Mapped[float | None] = mapped_column(Float)
     meta: Mapped[dict[str, Any] | None] = mapped_column(Json)
     shown_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     shown_event_id: Mapped[str | None] = mapped_column(String(200))
+    shown_event_pk: Mapped[int | None] = mapped_column(BigInteger)
 
-    # The latest of `accepted` / `rejected`.
+    # The latest of `accepted` / `rejected` (a partial accept's `accepted_text` stays in its payload).
     decision: Mapped[str | None] = mapped_column(String(16))
-    accepted_text: Mapped[str | None] = mapped_column(Text)
     reject_reason: Mapped[str | None] = mapped_column(Text)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     decision_event_id: Mapped[str | None] = mapped_column(String(200))
+    decision_event_pk: Mapped[int | None] = mapped_column(BigInteger)
 
-    # The latest `edited`: its text is `final_text`.
+    # The latest `edited`: the final text is its payload's `final_text`.
     edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     edited_event_id: Mapped[str | None] = mapped_column(String(200))
+    edited_event_pk: Mapped[int | None] = mapped_column(BigInteger)
 
     # The latest `rating`.
     rating_score: Mapped[float | None] = mapped_column(Float)
@@ -98,7 +111,6 @@ class Generation(Base):
     rating_event_id: Mapped[str | None] = mapped_column(String(200))
 
     # Derived from the above on every change.
-    final_text: Mapped[str | None] = mapped_column(Text)
     edit_distance: Mapped[float | None] = mapped_column(Float)
     excluded: Mapped[bool] = mapped_column(Boolean, default=False)
     secrets_redacted: Mapped[dict[str, int]] = mapped_column(Json)

@@ -55,7 +55,7 @@ import re
 import time
 import warnings
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,6 +80,7 @@ from sqlalchemy.sql.schema import Table
 from core.db import utcnow
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
+from feedback import texts
 from feedback.bulk import BulkWriter, pg_fetch
 from feedback.config import DatasetConfig
 from feedback.fold import settle
@@ -111,16 +112,13 @@ _ROWS: Table = TrainingRow.__table__  # type: ignore[assignment]
 class _Gen(NamedTuple):
     """A generation, as the build reads it. (Not SQLAlchemy's Row: its attribute access costs ten times a
     NamedTuple's, and the build reads some forty attributes per generation.) Columns typed Any may be null, and
-    are checked by the generation gates (`_plan`) before the rows use them."""
+    are checked by the generation gates (`_plan`) before the rows use them. The last four are its code, read from
+    its winning events' payloads (feedback/texts.py)."""
 
     id: int
     generation_id: str
     outcome: str
-    prompt: str | None
-    messages: list[dict[str, Any]] | None
     prompt_hash: Any
-    completion: Any
-    final_text: Any
     edit_distance: float | None
     language: str | None
     file_path: str | None
@@ -136,9 +134,31 @@ class _Gen(NamedTuple):
     rated_at: datetime
     rating_event_id: Any
     updated_at: datetime
+    prompt: str | None
+    messages: list[dict[str, Any]] | None
+    completion: Any
+    final_text: Any
 
 
-_READ = [_GEN.c[name] for name in _Gen._fields]
+_CODE = ("prompt", "messages", "completion", "final_text")
+_STORED = _Gen._fields[: -len(_CODE)]
+_READ = [_GEN.c[name] for name in _STORED]
+_OUTCOME, _EXCLUDED = _STORED.index("outcome"), _STORED.index("excluded")
+
+
+def _gen(raw: Sequence[Any]) -> _Gen:
+    """A `_Gen` from a row of `_select` (the stored columns, then the three payload texts)."""
+    *stored, shown, decided, edited = raw
+    outcome, excluded = stored[_OUTCOME], stored[_EXCLUDED]
+    # A stored row is "edited" exactly when it has a winning edit, and otherwise its outcome is its decision.
+    code = texts.code(excluded, outcome, outcome == "edited", shown, decided, edited)
+    return _Gen._make((*stored, code["prompt"], code["messages"], code["completion"], code["final_text"]))
+
+
+def _select() -> Select[Any]:
+    return texts.select_with_code(*_READ)
+
+
 _COLUMNS = [c.name for c in _ROWS.columns if c.name != "id"]
 
 
@@ -229,6 +249,10 @@ def build_rows(
         since = last.watermark - OVERLAP
     if pg:
         restore_zone = _utc(session)
+        # The page reads look up three payloads per generation (feedback/texts.py), which the planner prices past
+        # `jit_above_cost`: compiling each page's query took longer than running it (~40 ms against ~50 per 5,000
+        # generations). Transaction-local, like the settings above.
+        session.execute(text("SELECT set_config('jit', 'off', true)"))
     with _gc_paused():
         build.run(since, batch_size)
     if restore is not None:
@@ -523,7 +547,7 @@ class _Build:
     # -- reading -----------------------------------------------------------------------------------------------
 
     def _changed_page(self, since: datetime | None, cursor: tuple[datetime, int] | None, limit: int) -> list[_Gen]:
-        query = select(*_READ).where(_GEN.c.project_id == self.project_id)
+        query = _select().where(_GEN.c.project_id == self.project_id)
         if since is not None:
             query = query.where(_GEN.c.updated_at >= since)
         if cursor is not None:
@@ -577,16 +601,16 @@ class _Build:
         missing = sorted(set(ids) - page)
         if not missing:
             return []
-        return self._gens(select(*_READ).where(_one_of(self.session, _GEN.c.id, missing, True)))
+        return self._gens(_select().where(_one_of(self.session, _GEN.c.id, missing, True)))
 
     def _gens(self, query: Select[Any]) -> list[_Gen]:
         """The generations a query reads. On Postgres straight from psycopg: SQLAlchemy's result rows and the UTC
         conversion of five datetimes per row cost more than psycopg's decoding of the texts. The transaction's
         TimeZone is UTC (`_utc`), so psycopg's datetimes are already in UTC, as UTCDateTime would return them."""
         if not self.pg:
-            return list(map(_Gen._make, self.session.execute(query).all()))
+            return list(map(_gen, self.session.execute(query).all()))
         compiled = query.compile(dialect=self.session.get_bind().dialect)
-        return list(map(_Gen._make, pg_fetch(self.session, compiled.string, compiled.params)))
+        return list(map(_gen, pg_fetch(self.session, compiled.string, compiled.params)))
 
     def _add_groups(self, gens: dict[int, _Gen], hashes: set[str]) -> list[_Gen]:
         """Load the members of these prompt groups that are not loaded yet: ids first, so no text is read twice."""
@@ -742,10 +766,13 @@ class _Build:
             if not undecided:
                 return
             self.queue.drain()
-            query = select(_GEN.c.id, _GEN.c.prefix, _GEN.c.suffix).where(
+            query = texts.select_with_code(_GEN.c.id, _GEN.c.excluded, _GEN.c.outcome).where(
                 _one_of(self.session, _GEN.c.id, [p.g.id for p, _ in undecided], numeric=True)
             )
-            context = {pk: (prefix, suffix) for pk, prefix, suffix in self.session.execute(query).all()}
+            context = {}
+            for pk, excluded, outcome, *payloads in self.session.execute(query).all():
+                code = texts.code(excluded, outcome, outcome == "edited", *payloads)
+                context[pk] = (code["prefix"], code["suffix"])
             for p, completion_parses in undecided:
                 prefix, suffix = context.get(p.g.id, (None, None))
                 if parses_within(p.g.final_text, prefix, suffix):

@@ -9,14 +9,14 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, bindparam, select, text
+from sqlalchemy import Table, bindparam, text
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
 from core.settings import Settings
-from feedback import fold
+from feedback import fold, texts
 from feedback.bulk import BulkWriter, dbapi_sql, pg_fetch
 from feedback.join import FEEDBACK_CODE, GENERATION_CODE
 from feedback.models import FeedbackEvent, Generation
@@ -250,6 +250,7 @@ def store(
 
 def _out(row: Any) -> GenerationOut:
     data = dict(row)
+    data.update(texts.code_of_mapping(data))
     data["id"] = data.pop("generation_id")
     data["metadata"] = data.pop("meta")
     data["secrets_redacted"] = data["secrets_redacted"] or {}
@@ -260,7 +261,9 @@ def get_generation(session: Session, project_id: int, generation_id: str) -> Gen
     """The joined record, with every event stored so far folded in (the caller commits what that folded)."""
     fold.settle(session, project_id, [generation_id])
     row = (
-        session.execute(select(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id == generation_id))
+        session.execute(
+            texts.select_with_code(_GEN).where(_GEN.c.project_id == project_id, _GEN.c.generation_id == generation_id)
+        )
         .mappings()
         .first()
     )
@@ -297,7 +300,7 @@ def list_generations(
     """Generations in the order they were first seen, filtered; `since` keeps those changed at or after it. What is
     still queued for the project is folded first (the caller commits it)."""
     fold.settle(session, project_id)
-    query = select(_GEN).where(_GEN.c.project_id == project_id)
+    query = texts.select_with_code(_GEN).where(_GEN.c.project_id == project_id)
     if outcome is not None:
         query = query.where(_GEN.c.outcome == outcome)
     if model is not None:

@@ -211,6 +211,7 @@ def _online_prompts(ctx: Context, tokenizer: Any, limit: int) -> list[dict[str, 
     excluded. Chat prompts go through the tokenizer's chat template (skipped when it has none)."""
     from sqlalchemy import select
 
+    from feedback import texts
     from feedback.models import Generation, SnapshotRow
     from trainers.data import is_python
 
@@ -218,9 +219,7 @@ def _online_prompts(ctx: Context, tokenizer: Any, limit: int) -> list[dict[str, 
         SnapshotRow.snapshot_id == ctx.snapshot.id, SnapshotRow.split == "eval"
     )
     query = (
-        select(
-            Generation.prompt, Generation.messages, Generation.prompt_hash, Generation.language, Generation.file_path
-        )
+        select(Generation.prompt_hash, Generation.language, Generation.file_path, texts.PAYLOADS[0])
         .where(
             Generation.project_id == ctx.project_id,
             Generation.excluded.is_(False),
@@ -234,9 +233,11 @@ def _online_prompts(ctx: Context, tokenizer: Any, limit: int) -> list[dict[str, 
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
     with session_scope(ctx.url) as session:
-        for prompt, messages, prompt_hash, language, file_path in session.execute(query):
+        for prompt_hash, language, file_path, shown in session.execute(query):
             if prompt_hash in seen:
                 continue
+            code = texts.code(False, None, False, shown, None, None)  # excluded ones are not selected
+            prompt, messages = code["prompt"], code["messages"]
             if messages:
                 if getattr(tokenizer, "chat_template", None) is None:
                     continue

@@ -13,13 +13,17 @@ from sqlalchemy import select, text
 from core.db import get_sessionmaker, session_scope
 from core.projects import create_project
 from core.settings import Settings
-from feedback import fold
+from feedback import fold, texts
 from feedback.models import FeedbackEvent, FoldQueue, Generation
 from feedback.service import get_generation, ingest, list_generations
 from tests.factories import feedback, generation, new_id
 
+# The row's content: not its own ids and times, nor its events' ids (`*_event_pk`: each project stores its own
+# copies of the events), but the code those events hold (`texts.code_of_mapping`).
 COLUMNS = [
-    c.name for c in Generation.__table__.columns if c.name not in ("id", "project_id", "created_at", "updated_at")
+    c.name
+    for c in Generation.__table__.columns
+    if c.name not in ("id", "project_id", "created_at", "updated_at") and not c.name.endswith("_event_pk")
 ]
 
 
@@ -45,8 +49,11 @@ def send(db_url: str, project_id: int, events: list[dict[str, Any]], mode: str) 
 def joined(db_url: str, project_id: int) -> dict[str, dict[str, Any]]:
     """The project's generation rows as stored, without settling first."""
     with session_scope(db_url) as session:
-        rows = session.execute(select(Generation.__table__).where(Generation.project_id == project_id)).mappings()
-        return {r["generation_id"]: {c: r[c] for c in COLUMNS} for r in rows}
+        query = texts.select_with_code(Generation.__table__).where(Generation.project_id == project_id)
+        return {
+            r["generation_id"]: {c: r[c] for c in COLUMNS} | texts.code_of_mapping(dict(r))
+            for r in session.execute(query).mappings()
+        }
 
 
 def queued(db_url: str, project_id: int) -> int:

@@ -20,7 +20,7 @@ from core.settings import Settings
 from feedback import rows as rows_module
 from feedback import syntax
 from feedback.models import DatasetBuild, Generation, TrainingRow
-from feedback.rows import _READ, GATES, KINDS, OVERLAP, PAIRS_PER_ACCEPTED, _Ahead, _Build, _config, _Gen, build_rows
+from feedback.rows import GATES, KINDS, OVERLAP, PAIRS_PER_ACCEPTED, _Ahead, _Build, _config, _gen, _select, build_rows
 from feedback.service import ingest
 from tests.factories import feedback, generation
 
@@ -504,8 +504,8 @@ def test_a_page_read_ahead_loads_the_groups_it_did_not_read(db_url):
     send(db_url, p, decided("first", "accepted", 0, variant(0)) + decided("second", "rejected", 1, variant(1)))
     with session_scope(db_url) as session:
         build_ = _Build(session, p, _config(session.get(Project, p)), utcnow(), db_url.startswith("postgresql"))
-        query = select(*_READ).where(Generation.project_id == p).order_by(Generation.generation_id)
-        first, second = [_Gen._make(r) for r in session.execute(query).all()]
+        query = _select().where(Generation.project_id == p).order_by(Generation.generation_id)
+        first, second = [_gen(r) for r in session.execute(query).all()]
         page = build_._assemble(_Ahead([first], set(), []))
         assert page is not None and {g.generation_id for g in page.gens.values()} == {"first", "second"}
         assert build_.seen == {second.id: second.updated_at}

@@ -96,7 +96,10 @@ def test_online_rl_needs_a_reward_model(sqlite_url: str, tiny_model: Path, tmp_p
 
 
 def test_prompts_are_recent_logged_generations_outside_the_eval_split(sqlite_url: str, tiny_model: Path) -> None:
+    from types import SimpleNamespace
+
     from core.ml import load_tokenizer
+    from feedback import texts
     from feedback.models import Generation, SnapshotRow
     from trainers.pipeline_run import Context, _online_prompts
 
@@ -111,7 +114,10 @@ def test_prompts_are_recent_logged_generations_outside_the_eval_split(sqlite_url
                 .where(SnapshotRow.snapshot_id == snapshot.id, SnapshotRow.split == "eval")
             )
         )
-        generations = session.query(Generation).filter(Generation.project_id == project_id).all()
+        query = texts.select_with_code(Generation.__table__).where(Generation.project_id == project_id)
+        generations = [
+            SimpleNamespace(**(dict(r) | texts.code_of_mapping(dict(r)))) for r in session.execute(query).mappings()
+        ]
         by_prompt = {g.prompt: g for g in generations}
         session.expunge(snapshot)
     assert eval_hashes
