@@ -3,10 +3,10 @@
 
 Creates a throw-away Postgres database, migrates it, bulk-loads N generations with realistic Python code (what the
 ingest service stores: the events, whose payloads hold the code, and the `generations` rows that name them, with
-outcome and edit distance filled by `feedback.join.derive`), runs ANALYZE, then times in this one process: a full build, a second build with no new feedback (it re-reads only the
-overlap), and an incremental build after `--touch` generations got a new edit. Prints a table with the phases
-each build spent its time in and the CPU time of this process and of the server's backend, and writes everything
-to benchmarks/results/pairs-<UTC timestamp>.json.
+outcome and edit distance filled by `feedback.join.derive`), runs ANALYZE, then times in this one process: a full
+build, a second build with no new feedback (it re-reads only the overlap), and an incremental build after `--touch`
+generations got a new edit. Prints a table with the phases each build spent its time in and the CPU time of this
+process and of the server's backend, and writes everything to benchmarks/results/pairs-<UTC timestamp>.json.
 
 Run:  .venv/bin/python benchmarks/pairs.py            (about a minute for 100,000 generations; see --help)
 """
