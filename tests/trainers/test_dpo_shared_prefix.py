@@ -392,3 +392,21 @@ def test_a_bf16_run_pages_out_the_mapped_fp32_weights_and_reads_them_back(tiny_m
     total_mb = sum(w.numel() * w.element_size() for w in frozen) / 2**20
     assert trained.metrics["paged_out_mb"] >= 0.7 * total_mb  # whole pages of each weight
     assert all(torch.equal(w.detach(), saved) for w, saved in zip(frozen, before, strict=True))
+
+
+def test_auto_bf16_base_needs_native_bf16_and_a_wide_enough_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+
+    from trainers.methods import dpo
+
+    def model(hidden: int) -> Any:
+        return SimpleNamespace(config=LlamaConfig(hidden_size=hidden, num_attention_heads=4))
+
+    narrow, wide = model(dpo.CPU_BF16_MIN_HIDDEN - 64), model(dpo.CPU_BF16_MIN_HIDDEN)
+    for native in (True, False):
+        monkeypatch.setattr(dpo, "native_bf16_cpu", lambda native=native: native)
+        assert dpo._cpu_bf16_base("auto", wide) is native
+        assert dpo._cpu_bf16_base("auto", narrow) is False
+        assert dpo._cpu_bf16_base("on", narrow) is True and dpo._cpu_bf16_base("off", wide) is False

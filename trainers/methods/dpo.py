@@ -28,7 +28,9 @@ How it is configured beyond the shared `trl_args`, each measured with `benchmark
   from a bf16 copy of their weights (`_bf16_frozen_linears`), and packed rows are padded to a multiple of 16 tokens.
   On an AVX512-BF16 EPYC (2 cores, 26M model, 40 steps): 1.3x the pairs/s of fp32 at 1.1x its peak (1,106 vs 985
   MB). Padding to 64 tokens lost most of the gain; no padding, and oneDNN's default cache of 1,024 primitives (one per
-  matmul shape), cost 1.5x fp32's peak; core.ml.offline_env caps that cache at 8. No gain on the 1M tiny model.
+  matmul shape), cost 1.5x fp32's peak; core.ml.offline_env caps that cache at 8. By width, on a Xeon with AMX
+  (`benchmarks/dpo.py --model`, random Llamas, 40-100 steps, bf16 against fp32): hidden 128 0.97-1.0x the pairs/s at
+  +80 MB, 192 1.09x at +58 MB, 256 1.22x, 384 1.34x; so `auto` leaves a base narrower than CPU_BF16_MIN_HIDDEN in fp32.
   Without native bf16 it is emulated, far slower: off there. With it, the reference precompute (forward only, adapter
   off) runs under a bf16 autocast, as TRL's default bf16=True runs everything, each frozen linear from its cached bf16
   copy (autocast would cast the frozen fp32 weight on every call): on the EPYC, 800 pairs, setup 21.6-22.0 s instead
@@ -69,6 +71,7 @@ from trainers.data import as_text
 CPU_ACTIVATION_BUDGET = 2**21  # tokens x hidden size x layers in one forward pass on the CPU
 CPU_LOGPROB_TILE_TOKENS = 128
 BF16_SPAN_MULTIPLE = 16  # packed rows padded to a multiple of this with a bf16 base: few matmul shapes
+CPU_BF16_MIN_HIDDEN = 192  # auto: a narrower base stays fp32 (hidden 128: no faster in bf16, +80 MB peak)
 
 
 def train(
@@ -108,7 +111,7 @@ def train(
         remove_unused_columns=False,  # keeps the `length` column for the sampler; the collator reads only its own
     )
     model, continuing = start_model(model, init_adapter)
-    bf16_base = not cuda and (config.cpu_bf16_base == "on" or config.cpu_bf16_base == "auto" and native_bf16_cpu())
+    bf16_base = not cuda and _cpu_bf16_base(config.cpu_bf16_base, model)
     frozen: list[Any] = []
     with contextlib.ExitStack() as stack:
         if not cuda:
@@ -283,6 +286,15 @@ class _SharedPrefix:
         for field in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask"):
             setattr(outputs, field, as_trl(getattr(outputs, field)))
         return outputs
+
+
+def _cpu_bf16_base(setting: str, model: Any) -> bool:
+    """Whether the frozen base multiplies in bf16 on this CPU: `on`, `off`, or (`auto`) where the CPU multiplies bf16
+    natively and the model is at least CPU_BF16_MIN_HIDDEN wide (narrower, its matmuls are too small to gain)."""
+    if setting != "auto":
+        return setting == "on"
+    hidden = getattr(model.config.get_text_config(), "hidden_size", 0) or 0
+    return hidden >= CPU_BF16_MIN_HIDDEN and native_bf16_cpu()
 
 
 def _pairs_used(records: list[dict[str, Any]], needed: int, seed: int) -> list[dict[str, Any]]:
