@@ -410,3 +410,47 @@ def test_auto_bf16_base_needs_native_bf16_and_a_wide_enough_model(monkeypatch: p
         assert dpo._cpu_bf16_base("auto", wide) is native
         assert dpo._cpu_bf16_base("auto", narrow) is False
         assert dpo._cpu_bf16_base("on", narrow) is True and dpo._cpu_bf16_base("off", wide) is False
+
+
+def test_the_bf16_reference_head_multiplies_one_bf16_copy_with_the_same_log_probs(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the bf16 reference's autocast, TRL's head gets one bf16 copy of the output embedding (instead of casting
+    the fp32 weight per tile) and gives the same log-probs bit for bit; the policy's fp32 head is left as it is, and
+    TRL's function is back after."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from core.ml import load_tokenizer
+    from trainers.methods.dpo import _bf16_frozen_linears, _bf16_head_under_autocast
+
+    seen: list[tuple[Any, int]] = []
+    trl_function = trl_utils._ChunkedLogProbFunction
+
+    class Recording:
+        @staticmethod
+        def apply(hidden: Any, weight: Any, *args: Any) -> Any:
+            seen.append((weight.dtype, weight.data_ptr()))
+            return trl_function.apply(hidden, weight, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Recording)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    trainer = preference_trainer(model, load_tokenizer(str(tiny_model)), PROMPTS, tmp_path, bf16_reference=True)
+    batch = batch_of(trainer)
+    head = model.get_output_embeddings().weight
+    with _bf16_frozen_linears(trainer.model):
+        with torch.no_grad():
+            casting_per_tile = trainer.compute_ref_log_probs(trainer.model, batch)
+        assert seen == [(torch.float32, head.data_ptr())]
+        with _bf16_head_under_autocast(model) as swapped, torch.no_grad():
+            assert swapped and trl_utils._ChunkedLogProbFunction is not Recording
+            one_copy = trainer.compute_ref_log_probs(trainer.model, batch)
+            again = trainer.compute_ref_log_probs(trainer.model, batch)
+            trainer.model(**model_call(batch))  # the policy's forward: no autocast, the fp32 head
+        copies = {ptr for dtype, ptr in seen[1:3]}
+        assert [dtype for dtype, _ in seen[1:]] == [torch.bfloat16, torch.bfloat16, torch.float32]
+        assert len(copies) == 1 and head.data_ptr() not in copies and seen[3][1] == head.data_ptr()
+    assert trl_utils._ChunkedLogProbFunction is Recording
+    for ours, theirs, repeated in zip(one_copy, casting_per_tile, again, strict=True):
+        assert torch.equal(ours, theirs) and torch.equal(ours, repeated)

@@ -120,13 +120,16 @@ def train(
             stack.enter_context(_score_labelled_positions_only())
         if bf16_base:
             frozen = stack.enter_context(_bf16_frozen_linears(model))
-        trainer = (DPOTrainer if cuda else _shared_prefix_trainer(BF16_SPAN_MULTIPLE if bf16_base else 1, bf16_base))(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=None if continuing else lora_config(config, "CAUSAL_LM"),
-        )
+        span_multiple = BF16_SPAN_MULTIPLE if bf16_base else 1
+        trainer_class = DPOTrainer if cuda else _shared_prefix_trainer(span_multiple, bf16_base)
+        with _bf16_head_under_autocast(model) if bf16_base else contextlib.nullcontext():  # the reference precompute
+            trainer = trainer_class(
+                model=model,
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=None if continuing else lora_config(config, "CAUSAL_LM"),
+            )
         tokenized = trainer.train_dataset
         assert isinstance(tokenized, Dataset)  # we passed an in-memory Dataset; TRL maps it to another
         trainer.train_dataset = tokenized.add_column("length", _token_lengths(tokenized))
@@ -366,6 +369,53 @@ def _bf16_forward(module: Any, weight: Any, bias: Any) -> Any:
         return F.linear(x.to(torch.bfloat16), weight, bias).to(x.dtype)
 
     return forward
+
+
+@contextlib.contextmanager
+def _bf16_head_under_autocast(model: Any) -> Iterator[bool]:
+    """For the duration, TRL's fused log-prob head, where it runs under a bf16 autocast (the reference precompute with
+    a bf16 base), multiplies by one bf16 copy of the model's output embedding (made at its first such call, dropped at
+    the end) instead of casting each vocabulary chunk of the fp32 weight again for every tile of
+    CPU_LOGPROB_TILE_TOKENS tokens: the same bf16 values, so the same log-probs, without re-reading the whole fp32
+    head per tile (with a 32k vocabulary that cast cost a quarter of the precompute). Any other call (no autocast,
+    another dtype, another weight, one that requires grad) goes to TRL's function as it is. Yields whether it could
+    (False: another layout of TRL, left as it is)."""
+    import importlib
+
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight: Any = getattr(output, "weight", None)
+    try:
+        original: Any = getattr(importlib.import_module("trl.trainer.utils"), "_ChunkedLogProbFunction", None)
+    except ImportError:
+        original = None
+    if weight is None or original is None:
+        yield False
+        return
+    copies: dict[str, Any] = {}
+
+    class Bf16Head:
+        @staticmethod
+        def apply(hidden: Any, head_weight: Any, bias: Any, *args: Any) -> Any:
+            device = head_weight.device.type
+            if (
+                head_weight is weight
+                and not head_weight.requires_grad
+                and torch.is_autocast_enabled(device)
+                and torch.get_autocast_dtype(device) == torch.bfloat16
+            ):
+                if not copies:
+                    copies["weight"] = weight.detach().to(torch.bfloat16)
+                    copies["bias"] = None if bias is None else bias.detach().to(torch.bfloat16)
+                head_weight, bias = copies["weight"], copies["bias"]
+            return original.apply(hidden, head_weight, bias, *args)
+
+    try:
+        with _module_attribute("trl.trainer.utils", "_ChunkedLogProbFunction", Bf16Head) as swapped:
+            yield swapped
+    finally:
+        copies.clear()
 
 
 @contextlib.contextmanager
