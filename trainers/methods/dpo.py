@@ -381,7 +381,7 @@ def _bf16_head_under_autocast(model: Any) -> Iterator[bool]:
     a bf16 base), multiplies by one bf16 copy of the model's output embedding (made at its first such call, dropped at
     the end) instead of casting each vocabulary chunk of the fp32 weight again for every tile of
     CPU_LOGPROB_TILE_TOKENS tokens: the same bf16 values, so the same log-probs, without re-reading the whole fp32
-    head per tile (with a 32k vocabulary that cast cost a quarter of the precompute). Any other call (no autocast,
+    head per tile (with a 32k vocabulary that cast cost a fifth of the setup). Any other call (no autocast,
     another dtype, another weight, one that requires grad) goes to TRL's function as it is. Yields whether it could
     (False: another layout of TRL, left as it is)."""
     import importlib
