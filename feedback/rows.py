@@ -146,12 +146,16 @@ _READ = [_GEN.c[name] for name in _STORED]
 _OUTCOME, _EXCLUDED = _STORED.index("outcome"), _STORED.index("excluded")
 
 
+def _code(excluded: bool, outcome: str, payloads: Sequence[str | None]) -> dict[str, Any]:
+    """A stored row's code from its three payload texts. A row is "edited" exactly when it has a winning edit, and
+    otherwise its outcome is its decision, so the outcome stands for both."""
+    return texts.code(excluded, outcome, outcome == "edited", *payloads)
+
+
 def _gen(raw: Sequence[Any]) -> _Gen:
     """A `_Gen` from a row of `_select` (the stored columns, then the three payload texts)."""
-    *stored, shown, decided, edited = raw
-    outcome, excluded = stored[_OUTCOME], stored[_EXCLUDED]
-    # A stored row is "edited" exactly when it has a winning edit, and otherwise its outcome is its decision.
-    code = texts.code(excluded, outcome, outcome == "edited", shown, decided, edited)
+    stored, payloads = raw[: len(_STORED)], raw[len(_STORED) :]
+    code = _code(stored[_EXCLUDED], stored[_OUTCOME], payloads)
     return _Gen._make((*stored, code["prompt"], code["messages"], code["completion"], code["final_text"]))
 
 
@@ -771,7 +775,7 @@ class _Build:
             )
             context = {}
             for pk, excluded, outcome, *payloads in self.session.execute(query).all():
-                code = texts.code(excluded, outcome, outcome == "edited", *payloads)
+                code = _code(excluded, outcome, payloads)
                 context[pk] = (code["prefix"], code["suffix"])
             for p, completion_parses in undecided:
                 prefix, suffix = context.get(p.g.id, (None, None))

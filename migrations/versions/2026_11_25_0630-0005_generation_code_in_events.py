@@ -39,7 +39,7 @@ def upgrade() -> None:
             f" WHERE {event_id} IS NOT NULL"
         )
     with op.batch_alter_table("generations", schema=None) as batch_op:
-        for name in ("prompt", "messages", "completion", "prefix", "suffix", "accepted_text", "final_text"):
+        for name in (*_TEXTS, "messages"):
             batch_op.drop_column(name)
 
 
