@@ -2,6 +2,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY core core
+COPY ml ml
 COPY api api
 COPY feedback feedback
 COPY rewards rewards

@@ -397,7 +397,7 @@ def run_demo(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the loop and return the report (also written to OUT/demo.json and OUT/demo.png)."""
-    from core.ml import set_threads
+    from ml.environment import set_threads
 
     taste_name, taste_fn = load_taste(taste)
     quiet_libraries()

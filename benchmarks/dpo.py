@@ -109,7 +109,7 @@ def make_data(args: argparse.Namespace) -> dict[str, Any]:
 
 def tokens_per_pair(model_dir: str, rows: list[dict[str, str]]) -> float:
     """Mean real (non-pad) tokens of a pair as DPOTrainer feeds it: prompt + chosen + eos, prompt + rejected + eos."""
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     eos = tok.eos_token or ""
@@ -136,7 +136,7 @@ def cpu_seconds() -> float:
 
 def worker(side: str, spec_path: Path, result_path: Path) -> None:
     started = time.perf_counter()
-    from core.ml import offline_env
+    from ml.environment import offline_env
 
     offline_env()
     # Both sides import the same modules, so that the memory after imports is the same baseline.
@@ -145,7 +145,8 @@ def worker(side: str, spec_path: Path, result_path: Path) -> None:
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from core.ml import load_tokenizer, lora_config
+    from ml.loading import load_tokenizer
+    from ml.trl_run import lora_config
     from trainers.config import DPORunConfig
     from trainers.methods import dpo
 
@@ -331,7 +332,7 @@ def native_bf16(device: str) -> bool:
 
     if device == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    from core.ml import native_bf16_cpu
+    from ml.environment import native_bf16_cpu
 
     return native_bf16_cpu()
 
@@ -517,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(s not in SIDES for s in sides):
         p.error(f"--runs: sides are {', '.join(SIDES)}")
 
-    from core.ml import ONEDNN_CACHE_VAR, library_versions, offline_env
+    from ml.environment import ONEDNN_CACHE_VAR, library_versions, offline_env
     from trainers.config import parse_assignments
 
     user_onednn_cache = os.environ.get(ONEDNN_CACHE_VAR)

@@ -51,7 +51,7 @@ def prepare(model_dir: Path | None, work: Path) -> Path:
 
 def reward_model(model_dir: Path, tokenizer: Any, work: Path, rng: random.Random) -> Any:
     """A reward model version on the type-hints rule, saved and loaded back as the pipeline loads one."""
-    from core.ml import load_model
+    from ml.loading import load_model
     from rewards.config import RewardRunConfig
     from rewards.functions import RewardModelScore, load_reward_model
     from rewards.training import train
@@ -111,7 +111,7 @@ def run_kind(kind: str, args: argparse.Namespace, model_dir: Path, tokenizer: An
     import torch
     from transformers import set_seed
 
-    from core.ml import load_model
+    from ml.loading import load_model
     from trainers.config import run_config
     from trainers.methods.online import _history_callback, build_trainer
     from trainers.styles import prompt_for, sample_function
@@ -179,7 +179,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="Where the JSON goes.")
     args = parser.parse_args()
 
-    from core.ml import load_tokenizer, offline_env, set_threads
+    from ml.environment import offline_env, set_threads
+    from ml.loading import load_tokenizer
 
     offline_env()
     set_threads()

@@ -360,7 +360,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
     args = parser.parse_args()
 
-    from core.ml import offline_env, set_threads
+    from ml.environment import offline_env, set_threads
 
     offline_env()
     set_threads()

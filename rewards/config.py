@@ -2,7 +2,7 @@
 
 from pydantic import Field
 
-from core.ml import BaseRunConfig
+from ml.trl_run import BaseRunConfig
 
 
 class RewardRunConfig(BaseRunConfig):

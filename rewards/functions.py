@@ -170,7 +170,7 @@ def load_reward_model(base_model: str, base_revision: str | None, adapter_dir: s
     scoring then costs what the base costs, with no LoRA overhead per call."""
     from peft import PeftModel
 
-    from core.ml import load_model
+    from ml.loading import load_model
 
     model = load_model(base_model, base_revision, head="reward")
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -4,7 +4,7 @@ LoRA and score head form the adapter (task type SEQ_CLS, so the head is trained 
 from pathlib import Path
 from typing import Any
 
-from core.ml import Progress, Trained, fit, lora_config, planned_steps, start_model, trl_args
+from ml.trl_run import Progress, Trained, fit, lora_config, planned_steps, start_model, trl_args
 from rewards.config import RewardRunConfig
 
 

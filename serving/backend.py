@@ -119,7 +119,7 @@ class _Engine:
     that are not plain LoRA on linear layers (DoRA, modules_to_save, biases) are served unmerged from `source`."""
 
     def __init__(self, base_model: str, revision: str | None, settings: Settings) -> None:
-        from core.ml import load_model, load_tokenizer
+        from ml.loading import load_model, load_tokenizer
 
         self.tokenizer = load_tokenizer(base_model, revision)
         import torch
@@ -260,7 +260,7 @@ class InProcessBackend:
         with self._loading:
             engine = self._engines.get(key)
             if engine is None:
-                from core.ml import set_threads
+                from ml.environment import set_threads
 
                 set_threads()
                 try:

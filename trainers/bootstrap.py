@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core.ml import library_versions
+from ml.environment import library_versions
 from trainers import styles
 
 # Read by huggingface_hub and tokenizers when they are first imported, so they are set before any import below.

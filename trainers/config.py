@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from core.errors import InvalidInput
-from core.ml import BaseRunConfig
+from ml.trl_run import BaseRunConfig
 from rewards.config import RewardRunConfig
 
 

@@ -8,10 +8,12 @@ from typing import Any
 
 from core.db import session_scope
 from core.errors import InvalidInput
-from core.ml import Trained, load_model, load_tokenizer, offline_env, resolve_quantization, set_threads
 from core.projects import Project
 from core.settings import Settings
 from feedback.snapshots import get_snapshot
+from ml.environment import offline_env, set_threads
+from ml.loading import load_model, load_tokenizer, resolve_quantization
+from ml.trl_run import Trained
 from rewards import training as reward_training
 from rewards.config import RewardRunConfig
 from rewards.functions import RewardModelScore, load_reward_model

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from core import artifacts
 from core.db import utcnow
 from core.errors import Conflict, InvalidInput, NotFound
-from core.ml import library_versions
 from core.projects import Project
+from ml.environment import library_versions
 from trainers import gate
 from trainers.models import AdapterAlias, AdapterVersion, AliasEvent
 

@@ -92,7 +92,7 @@ def causal_lm(request: pytest.FixtureRequest, tiny_model: Path) -> tuple[Any, An
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model))
     if request.param == "tiny":
@@ -158,7 +158,7 @@ def test_batches_it_cannot_pack_go_through_trls_forward(tiny_model: Path, tmp_pa
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
     from trainers.methods.dpo import _SharedPrefix
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -179,7 +179,7 @@ def test_rows_padded_to_a_span_multiple_give_the_same_log_probs(tiny_model: Path
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
     from trainers.methods.dpo import BF16_SPAN_MULTIPLE, _SharedPrefix
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -206,7 +206,7 @@ def test_bf16_frozen_linears_multiply_in_bf16_and_restore_the_model(tiny_model: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
     from trainers.methods.dpo import _bf16_frozen_linears
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -242,7 +242,7 @@ def test_bf16_reference_runs_under_autocast_on_the_cached_weights(tiny_model: Pa
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
     from trainers.methods.dpo import _bf16_frozen_linears
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -282,7 +282,7 @@ def test_the_head_scores_only_labelled_positions_with_the_same_results(
     from transformers import AutoModelForCausalLM
     from trl.trainer import utils as trl_utils
 
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
     from trainers.methods.dpo import _score_labelled_positions_only, _SharedPrefix
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -335,7 +335,7 @@ def test_fused_lora_add_gives_peft_sum_and_gradients(tiny_model: Path, tmp_path:
     from peft.tuners.lora.layer import Linear as LoraLinear
     from transformers import AutoModelForCausalLM
 
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
     from trainers.methods.dpo import _fused_lora_add
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -367,7 +367,7 @@ def test_a_bf16_run_pages_out_the_mapped_fp32_weights_and_reads_them_back(tiny_m
     from transformers import AutoModelForCausalLM
 
     from core import host_memory
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
     from trainers.config import DPORunConfig
     from trainers.methods import dpo
 
@@ -422,7 +422,7 @@ def test_the_bf16_reference_head_multiplies_one_bf16_copy_with_the_same_log_prob
     import trl.trainer.utils as trl_utils
     from transformers import AutoModelForCausalLM
 
-    from core.ml import load_tokenizer
+    from ml.loading import load_tokenizer
     from trainers.methods.dpo import _bf16_frozen_linears, _bf16_head_under_autocast
 
     seen: list[tuple[Any, int]] = []

@@ -98,9 +98,9 @@ def test_online_rl_needs_a_reward_model(sqlite_url: str, tiny_model: Path, tmp_p
 def test_prompts_are_recent_logged_generations_outside_the_eval_split(sqlite_url: str, tiny_model: Path) -> None:
     from types import SimpleNamespace
 
-    from core.ml import load_tokenizer
     from feedback import texts
     from feedback.models import Generation, SnapshotRow
+    from ml.loading import load_tokenizer
     from trainers.pipeline_run import Context, _online_prompts
 
     project_id = style_project(sqlite_url, tiny_model, n=30, axis=AXIS, value=VALUE)
@@ -139,7 +139,7 @@ def learns_the_rule(rl_project: RLProject, tiny_model: Path, kind: str, **config
     """Trains `kind` against the project's reward model; asserts what online RL is for. Returns (run, version id)."""
     from peft import PeftModel
 
-    from core.ml import load_model, load_tokenizer
+    from ml.loading import load_model, load_tokenizer
 
     url, project_id = rl_project.url, rl_project.project_id
     rng = random.Random(12345)

@@ -39,7 +39,7 @@ def train(url: str, project_id: int, kind: str, tmp_path: Path, **config) -> Ada
 def test_reward_model_and_dpo_learn_a_style_rule(sqlite_url: str, tiny_model: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 
-    from core.ml import load_model, load_tokenizer
+    from ml.loading import load_model, load_tokenizer
 
     # Fresh prompts that no split holds. The rule users teach is the quote style the base's greedy code uses least,
     # so there is room to move.

@@ -28,7 +28,7 @@ How it is configured beyond the shared `trl_args`, each measured with `benchmark
   from a bf16 copy of their weights (`_bf16_frozen_linears`), and packed rows are padded to a multiple of 16 tokens.
   On an AVX512-BF16 EPYC (2 cores, 26M model, 40 steps): 1.3x the pairs/s of fp32 at 1.1x its peak (1,106 vs 985
   MB). Padding to 64 tokens lost most of the gain; no padding, and oneDNN's default cache of 1,024 primitives (one per
-  matmul shape), cost 1.5x fp32's peak; core.ml.offline_env caps that cache at 8. By width, on a Xeon with AMX
+  matmul shape), cost 1.5x fp32's peak; ml.environment.offline_env caps that cache at 8. By width, on a Xeon with AMX
   (`benchmarks/dpo.py --model`, random Llamas, 40-100 steps, bf16 against fp32): hidden 128 0.97-1.0x the pairs/s at
   +80 MB, 192 1.09x at +58 MB, 256 1.22x, 384 1.34x; so `auto` leaves a base narrower than CPU_BF16_MIN_HIDDEN in fp32.
   Without native bf16 it is emulated, far slower: off there. With it, the reference precompute (forward only, adapter
@@ -58,17 +58,8 @@ from pathlib import Path
 from typing import Any
 
 from core.host_memory import page_out_file_backed, steady_heap
-from core.ml import (
-    Progress,
-    Trained,
-    fit,
-    lora_config,
-    native_bf16_cpu,
-    planned_steps,
-    start_model,
-    trained_adapter_only,
-    trl_args,
-)
+from ml.environment import native_bf16_cpu
+from ml.trl_run import Progress, Trained, fit, lora_config, planned_steps, start_model, trained_adapter_only, trl_args
 from trainers.config import DPORunConfig
 from trainers.data import as_text
 

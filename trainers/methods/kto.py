@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any
 
-from core.ml import Progress, Trained, fit, lora_config, planned_steps, start_model, trained_adapter_only, trl_args
+from ml.trl_run import Progress, Trained, fit, lora_config, planned_steps, start_model, trained_adapter_only, trl_args
 from trainers.config import KTORunConfig
 from trainers.data import as_text
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.ml import Progress, Trained, fit, lora_config, start_model, trained_adapter_only, trl_args
+from ml.trl_run import Progress, Trained, fit, lora_config, start_model, trained_adapter_only, trl_args
 from rewards.functions import LengthGuard, Parses
 from trainers.config import OnlineRunConfig, RLOORunConfig
 

@@ -1,11 +1,6 @@
-"""Plumbing shared by every training and scoring module: the offline environment, run-config fields common to all
-methods (LoRA, quantization, seed, steps), quantization gating, and a progress hook for TRL trainers.
+"""What every TRL run shares: the common run-config fields, the LoRA config, the trainer arguments, and `fit`,
+which trains with a progress hook and returns the figures a version records."""
 
-Nothing here imports torch at module import time: the collector imports `core` and must start in a second."""
-
-import importlib.metadata
-import importlib.util
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,46 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes")
-
 # Progress hook: (step, total_steps, metrics) -> None. Returning True asks the trainer to stop.
 Progress = Callable[[int, int, dict[str, float]], bool | None]
-
-
-ONEDNN_CACHE_VAR = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
-
-
-def offline_env() -> None:
-    """The process environment of training and scoring. They never reach the network at run time: models come from
-    paths (or the user's HF cache). oneDNN, which runs the CPU's bf16 matmuls (trainers/methods/dpo.py), keeps 8
-    primitives instead of 1,024: it makes one per matmul shape, and sequence lengths vary, so the default cache grew
-    resident memory by ~250 MB in a 40-step DPO run on a 26M model, and 8 measured no slower. oneDNN reads the
-    variable once, at its first primitive: so this runs before any model does."""
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if os.environ.get("EDITLOOP_ALLOW_DOWNLOADS", "") != "1":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # per-map bars flood worker logs
-    os.environ.setdefault(ONEDNN_CACHE_VAR, "8")
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, far slower."""
-    import torch
-
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, present in torch 2.x
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 class BaseRunConfig(BaseModel):
@@ -85,50 +42,6 @@ class BaseRunConfig(BaseModel):
     eval_max_new_tokens: int = Field(128, ge=1, description="Tokens generated per prompt in the edit replay.")
 
 
-def resolve_quantization(mode: str) -> str:
-    """The quantization a run really gets. 'auto' means 4-bit only with CUDA: on CPU bitsandbytes works but is the
-    less-trodden path (autograd fallbacks), so an explicit '4bit'/'8bit' is needed to use it there."""
-    if mode == "none":
-        return "none"
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if mode == "auto":
-        mode = "4bit" if cuda else "none"
-    if mode == "none":
-        return mode
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise RuntimeError(f"quantization={mode} needs bitsandbytes>=0.46.1: pip install 'bitsandbytes>=0.46.1'")
-    import bitsandbytes as bnb
-
-    wanted = {"cuda"} if cuda else {"cpu"}
-    if not set(getattr(bnb, "supported_torch_devices", ())) & wanted:
-        raise RuntimeError(f"quantization={mode}: this bitsandbytes build supports none of {sorted(wanted)}")
-    return mode
-
-
-def quantization_config(mode: str) -> Any:
-    """A BitsAndBytesConfig for a resolved mode, or None."""
-    if mode == "none":
-        return None
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if mode == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
-    )
-
-
-def set_threads() -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-
-
 def progress_callback(progress: Progress | None, every_s: float = 2.0) -> Any:
     """A transformers TrainerCallback that reports (step, total, latest logs) at most every `every_s` seconds (and
     at the end), and stops training when the hook returns True (a cancelled run)."""
@@ -153,34 +66,6 @@ def progress_callback(progress: Progress | None, every_s: float = 2.0) -> Any:
                     control.should_training_stop = True
 
     return _Progress()
-
-
-def load_tokenizer(name: str, revision: str | None = None) -> Any:
-    """The base's tokenizer. Without a pad token, eos pads (TRL does the same); a distinct one is better."""
-    offline_env()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model(
-    name: str, revision: str | None = None, *, head: Literal["causal", "reward"] = "causal", quantization: str = "none"
-) -> Any:
-    """The base model by hub id or local path, as a causal LM or as a one-logit sequence classifier (the reward
-    model's body), optionally quantized (a resolved mode: none | 4bit | 8bit)."""
-    offline_env()
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    kwargs: dict[str, Any] = {"revision": revision}
-    qc = quantization_config(quantization)
-    if qc is not None:
-        kwargs["quantization_config"] = qc
-    if head == "reward":
-        return AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(name, **kwargs)
 
 
 def lora_config(config: BaseRunConfig, task_type: str) -> Any:
