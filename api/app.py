@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import text
 
-from api import errors
+from api import edge, errors
 from api.deps import KeyCache, SessionDep
 from api.folder import Folder
 from api.group_commit import GroupCommitter
@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Collects what editor users do with generated code, so a coding tool can train its own model.",
         lifespan=lifespan,
+        max_body_size=settings.max_request_bytes,  # refused as it streams in, before a route reads it whole
+        dependencies=[Depends(edge.check_request)],  # every route's input, checked once
     )
     app.state.settings = settings
     configure_queue(settings)  # runs are queued from requests: messages go to this settings' broker

@@ -72,7 +72,9 @@ async def post_events(request: Request, key: IngestKey) -> Response:
     """Store events exactly once. Valid events are stored even when others in the batch are invalid; those are
     reported in `errors` by index. A batch in which every event is invalid is a 422 and stores nothing."""
     settings = settings_of(request)
-    events = check_batch(await read_json(request, settings.max_request_bytes), settings.max_events_per_batch)
+    events = check_batch(
+        await read_json(request, settings.max_request_bytes, storable=False), settings.max_events_per_batch
+    )
     return respond(await store_events(request.app, key, events))
 
 
