@@ -1,6 +1,7 @@
 # The same commands CI runs. `make demo` and `make test` do all of the set-up on a fresh machine.
 PYTHON ?= python3.11
 VENV ?= .venv
+TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -9,8 +10,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned: any other request pulls gigabytes of CUDA packages.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# torch first, pinned. From PyPI on Linux that is the CUDA build (gigabytes); for a CPU-only machine pass
+	# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu.
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(BIN)/pip install --quiet -e '.[train,dev]'
 	touch $(STAMP)
 

@@ -30,15 +30,15 @@ detector can match. Each anchor starts with a few literal strings (`gh[pousr]_`:
 of them go into one Aho-Corasick automaton per haystack (ahocorasick-rs), which finds every
 occurrence of every literal in one pass; an anchor that is more than its literals is then matched in
 full where one occurs. Clean text costs one str.lower() and two such passes (sre needed ten scans,
-one per first character, for the same answer: 6 us against 4.5 us on 1 KB of code, the Python around
-the hits included); a detector runs only when one of its own anchors occurs. Every case-insensitive
-detector is compiled with re.ASCII, so it cannot match a non-ASCII case variant of an anchor that the
-lower-cased text would not show.
+one per first character, for the same answer, and measured slower: benchmarks/README.md); a detector
+runs only when one of its own anchors occurs. Every case-insensitive detector is compiled with
+re.ASCII, so it cannot match a non-ASCII case variant of an anchor that the lower-cased text would
+not show.
 
 Worst case: every detector regex starts at a literal and is bounded or possessive, or is only tried
 at the start of a token, and look-backs from a match are bounded, so a long line costs linear time.
 detect-secrets' own OpenAI and JWT regexes are not used as scanners for that reason: they backtrack
-quadratically on repeated prefixes (75 s and 13 s on 200,000 characters).
+quadratically on repeated prefixes (benchmarks/README.md has the times).
 """
 
 from __future__ import annotations

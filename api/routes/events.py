@@ -1,11 +1,11 @@
 """POST /v1/events. The route below is what the API documents; a request with a Content-Length (every client but
 a chunked upload) is answered by `ingest_directly` before FastAPI sees it, through the same functions.
 
-Why a second entrance: an event costs the collector well under a millisecond of its own work, and at a thousand
-single-event requests a second FastAPI's and Starlette's layers around it (their middleware stack, routing, the
-dependency solver, the Request and Response objects) were 40% of the server's CPU (py-spy, `benchmarks/ingest.py
---only rate --py-spy`). `ingest_directly` is plain ASGI: the same key check, size limit, body checks, group commit
-and error bodies, without those layers."""
+Why a second entrance: an event costs the collector well under a millisecond of its own work, and under a load of
+single-event requests FastAPI's and Starlette's layers around it (their middleware stack, routing, the dependency
+solver, the Request and Response objects) took a large share of the server's CPU (py-spy under `benchmarks/ingest.py`;
+benchmarks/README.md). `ingest_directly` is plain ASGI: the same key check, size limit, body checks, group commit and
+error bodies, without those layers."""
 
 from typing import Any
 
