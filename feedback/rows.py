@@ -35,7 +35,7 @@ within a build, because its group changed again, counts again). Generation gates
 - excluded; no_prompt (feedback, but no `generation` event yet); secret_in_change (the `<secret:KIND>` placeholders
   of the final text and of the completion differ: a secret sits in the changed region): no rows at all.
 - trivial_edit, total_rewrite: as above; the other rows are still made.
-- broken_syntax (Python: language "python" or a .py/.pyi path; when check_python_syntax): the final text parses in
+- broken_syntax (Python by `feedback.syntax.is_python`; when check_python_syntax): the final text parses in
   none of the lenient ways while the completion parses in one: no edit pair, sft or final kto row (the completion's
   kto row stays). Lenient, because completions are fragments: as it is, then as the body of a block (what dedenting
   gives, cheaper), then after the prefix (a completion that starts mid-line), then between prefix and suffix; each
@@ -53,7 +53,6 @@ import gc
 import hashlib
 import re
 import time
-import warnings
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -85,7 +84,7 @@ from feedback.bulk import BulkWriter, pg_fetch
 from feedback.config import DatasetConfig
 from feedback.fold import settle
 from feedback.models import DatasetBuild, Generation, TrainingRow
-from feedback.syntax import parses, parses_within
+from feedback.syntax import is_python, parses_fragment, parses_within
 
 KINDS = ("edit_pair", "choice_pair", "kto", "sft")
 GATES = (
@@ -103,7 +102,8 @@ GATES = (
 OVERLAP = timedelta(seconds=5)
 PAIRS_PER_ACCEPTED = 4
 # Bump when a change here changes the rows that feedback yields: the next build of each project re-derives all.
-DERIVATION_VERSION = 1
+# 2: one is_python for the project (language "py"/"python3" and .pyw count; a language id beats the suffix).
+DERIVATION_VERSION = 2
 
 _GEN: Table = Generation.__table__  # type: ignore[assignment]
 _ROWS: Table = TrainingRow.__table__  # type: ignore[assignment]
@@ -200,7 +200,6 @@ _COPY_SQL = f"COPY training_rows ({_QUOTED}) FROM STDIN WITH (FORMAT binary)"
 _WRITE_CHUNK = 5000
 _ANALYZE_AFTER = 1000  # rows written, see _Build.analyze_rows
 _SECRET = re.compile(r"<secret:[^<>\s]{1,64}>")
-_PYTHON_SUFFIXES = (".py", ".pyi")
 _FEEDBACK = frozenset(("accepted", "rejected", "edited"))
 _GATE_FIELDS = {
     "min_edit_distance",
@@ -762,28 +761,26 @@ class _Build:
         if not self.config.check_python_syntax:
             return
         undecided: list[tuple[_Plan, bool]] = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SyntaxWarnings of user code (invalid escapes, ...) are not ours
-            for p in plans:
-                if _is_python(p.g) and not parses(p.g.final_text):
-                    undecided.append((p, parses(p.g.completion)))
-            if not undecided:
-                return
-            self.queue.drain()
-            query = texts.select_with_code(_GEN.c.id, _GEN.c.excluded, _GEN.c.outcome).where(
-                _one_of(self.session, _GEN.c.id, [p.g.id for p, _ in undecided], numeric=True)
-            )
-            context = {}
-            for pk, excluded, outcome, *payloads in self.session.execute(query).all():
-                code = _code(excluded, outcome, payloads)
-                context[pk] = (code["prefix"], code["suffix"])
-            for p, completion_parses in undecided:
-                prefix, suffix = context.get(p.g.id, (None, None))
-                if parses_within(p.g.final_text, prefix, suffix):
-                    continue
-                if completion_parses or parses_within(p.g.completion, prefix, suffix):
-                    p.broken = True
-                    self.gates["broken_syntax"] += 1
+        for p in plans:
+            if is_python(p.g.language, p.g.file_path) and not parses_fragment(p.g.final_text):
+                undecided.append((p, parses_fragment(p.g.completion)))
+        if not undecided:
+            return
+        self.queue.drain()
+        query = texts.select_with_code(_GEN.c.id, _GEN.c.excluded, _GEN.c.outcome).where(
+            _one_of(self.session, _GEN.c.id, [p.g.id for p, _ in undecided], numeric=True)
+        )
+        context = {}
+        for pk, excluded, outcome, *payloads in self.session.execute(query).all():
+            code = _code(excluded, outcome, payloads)
+            context[pk] = (code["prefix"], code["suffix"])
+        for p, completion_parses in undecided:
+            prefix, suffix = context.get(p.g.id, (None, None))
+            if parses_within(p.g.final_text, prefix, suffix):
+                continue
+            if completion_parses or parses_within(p.g.completion, prefix, suffix):
+                p.broken = True
+                self.gates["broken_syntax"] += 1
 
     def _group_rows(self, group: list[_Plan]) -> list[dict[str, Any]]:
         """The rows of one prompt group, earliest generation first."""
@@ -1048,10 +1045,6 @@ def _decision_events(g: _Gen) -> list[tuple[str, datetime]]:
     if g.rating_score:
         events.append((g.rating_event_id, g.rated_at))
     return events
-
-
-def _is_python(g: _Gen) -> bool:
-    return (g.language or "").lower() == "python" or (g.file_path or "").lower().endswith(_PYTHON_SUFFIXES)
 
 
 def _whitespace_only(a: str, b: str) -> bool:

@@ -1,12 +1,11 @@
 """Tests for feedback.rows: each kind of row, each gate, incremental builds and their report, on both backends.
 
-Inputs go through feedback.service.ingest, as the collector's would."""
+Inputs go through feedback.service.ingest, as the collector's would. The Python checks alone are tested in
+test_syntax.py."""
 
-import ast
 import gc
 import threading
 import uuid
-import warnings
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -556,78 +555,14 @@ def test_an_unknown_project_is_not_found(db_url):
         build_rows(session, 10**9)
 
 
-# -- the syntax check (feedback/syntax.py) -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "nonlocal x\n",  # symtable refuses these four; the parser (and so the gate) takes them
-        "def f(a, a):\n    pass\n",
-        "[x for x in (y := [1])]\n",
-        "def f():\n    from os import *\n",
-        "x = 1\n",
-        "    return x\n",  # a block body: symtable's failure is decided by compile
-        "if x\n    pass\n",
-        "x = 1\0",
-        "x = '\\d'\n",  # a SyntaxWarning only
-    ],
-)
-def test_compiles_answers_as_the_parser_does(source):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            ast.parse(source)
-            expected = True
-        except (SyntaxError, ValueError):
-            expected = False
-        assert syntax.compiles(source) is expected
-
-
-@pytest.mark.parametrize(
-    ("source", "expected"),
-    [
-        ("    total = 0\n    return total\n", True),  # a block body
-        ("\n\n    total = 0\n", True),
-        ("    x = 1\nreturn x\n", True),  # closes its block and goes on outside it
-        ("    \nx = 1\n", True),  # a blank first line: parses as it is, not as a block body
-        ("# note\n    x = 1\n", False),
-        ("    if x\n        pass\n", False),
-        ("x = (1,\n", False),
-    ],
-)
-def test_parses_takes_fragments_as_they_are_or_as_a_block_body(source, expected):
-    syntax.clear_cache()
-    assert syntax.parses(source) is expected
-
-
-def test_syntax_verdicts_are_cached_per_text(monkeypatch):
-    syntax.clear_cache()
-    calls: list[str] = []
-    original = syntax.compiles
-
-    def counted(source: str) -> bool:
-        calls.append(source)
-        return original(source)
-
-    monkeypatch.setattr(syntax, "compiles", counted)
-    assert syntax.parses(BODY) and not syntax.parses("    if x\n")
-    parsed = len(calls)
-    assert syntax.parses(BODY) and not syntax.parses("    if x\n")
-    assert syntax.parses(BODY[:-1]) and len(calls) > parsed  # another text: parsed
-    syntax.clear_cache()
-    assert syntax.parses(BODY)
-    assert calls[-1].endswith(BODY)  # parsed again after clear_cache
-
-
 def test_a_rebuild_under_new_gates_parses_no_text_twice(db_url, monkeypatch):
     p = new_project(db_url)
     send(db_url, p, edit("g1", 0) + edit("g2", 1, final=EDITED.replace("if x > 0:", "if x > 0")))
     syntax.clear_cache()
     first = build(db_url, p)
     calls: list[str] = []
-    original = syntax.compiles
-    monkeypatch.setattr(syntax, "compiles", lambda source: calls.append(source) or original(source))
+    original = syntax._compiles
+    monkeypatch.setattr(syntax, "_compiles", lambda source: calls.append(source) or original(source))
     with session_scope(db_url) as session:
         session.get(Project, p).settings = {"dataset": {"min_chars": 2}}  # new gates: everything is re-derived
     second = build(db_url, p)
