@@ -27,16 +27,12 @@ import contextlib
 import math
 import random
 from collections.abc import Iterator, Sequence
-from pathlib import PurePath
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from rewards.functions import parses, reward_scores
-
-PYTHON_LANGUAGES = frozenset({"python", "python3", "py"})
-PYTHON_SUFFIXES = frozenset({".py", ".pyi", ".pyw"})
-
+from feedback.syntax import parses
+from rewards.functions import reward_scores
 
 # --- statistics --------------------------------------------------------------------------------------------------
 
@@ -133,13 +129,6 @@ def paired_difference(
 
 
 # --- text checks and baselines -----------------------------------------------------------------------------------
-
-
-def is_python(language: str | None, file_path: str | None) -> bool:
-    """The editor's language id decides when it is given; otherwise the file's suffix."""
-    if language:
-        return language.strip().lower() in PYTHON_LANGUAGES
-    return bool(file_path) and PurePath(file_path or "").suffix.lower() in PYTHON_SUFFIXES
 
 
 def parse_rate(texts: Sequence[str]) -> dict[str, Any]:

@@ -159,14 +159,11 @@ def test_paired_difference_exact_p_value_for_small_samples() -> None:
     assert "exact" in result["test"]
 
 
-def test_parse_rate_and_is_python() -> None:
+def test_parse_rate() -> None:
+    # Which texts are Python: tests/feedback/test_syntax.py, test_is_python_rule.
     assert ev.parse_rate(["x = 1\n", "def f(:\n", "print('\\d')"]) == {"rate": pytest.approx(2 / 3), "n": 3}
     assert ev.parse_rate([]) == {"rate": None, "n": 0}
     assert ev.parse_rate(["x = '\0'"])["n"] == 1
-    assert ev.is_python("python", None) and ev.is_python("Python", "a.js")
-    assert ev.is_python(None, "pkg/mod.py") and ev.is_python("", "stubs/mod.PYI")
-    assert not ev.is_python("typescript", "a.py")
-    assert not ev.is_python(None, "a.txt") and not ev.is_python(None, None)
 
 
 def test_preference_baselines() -> None:
