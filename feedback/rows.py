@@ -7,8 +7,7 @@ of a prompt), and writes rows keyed by (kind, source_key) with a content hash: a
 written, and a row that a re-derived generation no longer yields is set inactive. Rebuilding is idempotent, so
 re-reading the overlap costs time, never correctness. When the gates change (the project's DatasetConfig, or
 DERIVATION_VERSION), the next build re-derives everything. It works a page of generations at a time, with a few
-queries and one write per page; on Postgres the next page is read, and the last one written, on a second thread
-while this one derives.
+queries and one write per page.
 
 What a generation yields (from its join row and its prompt group alone, so never from the order of events):
 - `edit_pair` `edit:{gid}`: prompt, chosen = the user's final text, rejected = the model's completion (edited).
@@ -53,13 +52,11 @@ import gc
 import hashlib
 import re
 import time
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from itertools import chain
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -383,78 +380,6 @@ class _Page:
     produced: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
 
-class _Ahead(NamedTuple):
-    """A page read ahead, with the members of the prompt groups that its changed generations seemed to need then."""
-
-    rows: list[_Gen]
-    hashes: set[str]  # the groups whose members were read
-    members: list[_Gen]  # their members outside the page
-
-
-class _Skipped(Exception):
-    """A database job not run because one before it failed."""
-
-
-class _Queue:
-    """The build's database work, run in order on one other thread while this one derives: on Postgres the server
-    sends the next page and stores the last page's rows meanwhile, and psycopg waits for it without holding the
-    GIL. The derivation touches the session only after `drain`, so no two threads ever use it at once. The first
-    error of a job is raised by `result` or `drain`, in order, and the jobs after it are skipped. Unless `threaded`
-    (SQLite runs in this process; the last page has nothing to overlap) a job runs when it is submitted, after the
-    ones before it; the thread starts with the first job it runs, so a build of one page never starts it."""
-
-    def __init__(self, threaded: bool) -> None:
-        self.threaded = threaded
-        self.pool: ThreadPoolExecutor | None = None
-        self.pending: deque[Future[Any]] = deque()
-        self.failed = False
-        self.waited = 0.0  # seconds the derivation waited for the jobs
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any]
-        if not self.threaded:
-            self.drain()
-            future = Future()
-            future.set_result(fn(*args))
-            return future
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(1, thread_name_prefix="build-rows")
-        future = self.pool.submit(self._run, fn, args)
-        self.pending.append(future)
-        return future
-
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        if self.failed:
-            raise _Skipped
-        try:
-            return fn(*args)
-        except BaseException:
-            self.failed = True
-            raise
-
-    def result(self, future: Future[Any]) -> Any:
-        clock = time.perf_counter()
-        try:
-            while future in self.pending:
-                self.pending.popleft().result()
-            return future.result()
-        finally:
-            self.waited += time.perf_counter() - clock
-
-    def drain(self) -> None:
-        clock = time.perf_counter()
-        try:
-            while self.pending:
-                self.pending.popleft().result()
-        finally:
-            self.waited += time.perf_counter() - clock
-
-    def close(self) -> None:
-        """Wait for the job that runs (the caller's rollback must not meet it), and run no other."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 class _Build:
     """One build: its counters, and the state that spans pages."""
 
@@ -468,8 +393,6 @@ class _Build:
         self.changed: Counter[str] = Counter()
         self.removed: Counter[str] = Counter()
         self.seconds: defaultdict[str, float] = defaultdict(float)
-        self.db_seconds: defaultdict[str, float] = defaultdict(float)
-        self.queue = _Queue(False)
         self.read = self.derived = self.written = 0
         self.watermark: datetime | None = None
         # Group members loaded besides their page, at the state they were derived in: a later page that holds one
@@ -498,54 +421,23 @@ class _Build:
             "generations_derived": self.derived,
             "derivation": self.derivation,
             "overlap_s": OVERLAP.total_seconds(),
-            "seconds": {k: round(v, 3) for k, v in sorted(self._seconds().items())},
+            "seconds": {k: round(v, 3) for k, v in sorted(self.seconds.items())},
         }
 
-    def _seconds(self) -> dict[str, float]:
-        """Each phase's seconds on either thread (the database jobs overlap the derivation), and how long the
-        derivation waited for the database ("wait")."""
-        seconds = dict(self.seconds)
-        for phase, value in self.db_seconds.items():
-            seconds[phase] = seconds.get(phase, 0.0) + value
-        seconds["wait"] = self.queue.waited
-        return seconds
-
     def run(self, since: datetime | None, batch_size: int) -> None:
-        """Page by page: read the changed generations and their groups, derive their rows, write the difference.
-        While a page derives, the database job thread (`_Queue`) reads the next page and stores the rows of the
-        page before: for 100,000 generations on two cores busy with other work, a median 22.8 s against 24.9 s over
-        seven back-to-back pairs, for the same CPU (see benchmarks/README.md). It cost 1.5-3 CPU seconds more and
-        gained nothing while the build still ran full garbage collections (`_gc_paused`), whose passes stop
-        both threads, and read through SQLAlchemy's result rows (`_gens`), Python work on the job thread."""
-        self.queue = _Queue(False)
-        try:
-            read = self._read_ahead(since, None, batch_size)
-            while read.rows:
-                rows = read.rows
-                clock = time.perf_counter()
-                page = self._assemble(read)
-                self.seconds["read"] += time.perf_counter() - clock
-                more = len(rows) == batch_size
-                self.queue.threaded = self.pg and more
-                if more:  # after _assemble: it marks what this page loaded as seen
-                    cursor = (rows[-1].updated_at, rows[-1].id)
-                    ahead = self.queue.submit(self._read_ahead, since, cursor, batch_size)
-                if page is not None:
-                    self._derive(page)
-                    self._write(page)
-                if not more:
-                    break
-                read = self.queue.result(ahead)
-            self.queue.drain()
-        finally:
-            self.queue.close()
-
-    def _db_timed(self, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
-        clock = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            self.db_seconds[phase] += time.perf_counter() - clock
+        """Page by page: read the changed generations and their groups, derive their rows, write the difference."""
+        cursor = None
+        while True:
+            clock = time.perf_counter()
+            changed = self._changed_page(since, cursor, batch_size)
+            page = self._page(changed)
+            self.seconds["read"] += time.perf_counter() - clock
+            if page is not None:
+                self._derive(page)
+                self._write(page)
+            if len(changed) < batch_size:
+                return
+            cursor = (changed[-1].updated_at, changed[-1].id)
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -564,36 +456,16 @@ class _Build:
             self.watermark = max(self.watermark or rows[-1].updated_at, rows[-1].updated_at)
         return rows
 
-    def _read_ahead(self, since: datetime | None, cursor: tuple[datetime, int] | None, limit: int) -> _Ahead:
-        """A database job: the next page, and the members of the prompt groups of its generations not seen yet
-        (`_assemble` checks them against what is seen when the page's turn comes)."""
-        clock = time.perf_counter()
-        rows = self._changed_page(since, cursor, limit)
-        hashes = {g.prompt_hash for g in rows if g.prompt_hash and self.seen.get(g.id) != g.updated_at}
-        members = self._members(hashes, {g.id for g in rows})
-        self.db_seconds["read"] += time.perf_counter() - clock
-        return _Ahead(rows, hashes, members)
-
-    def _assemble(self, read: _Ahead) -> _Page | None:
-        """The page of a read ahead: its generations not seen yet, with the rest of their prompt groups. What the
-        read ahead took for the groups is checked against what is seen now (the page before may have loaded more
-        since); a group it did not read is loaded now."""
-        gens = {g.id: g for g in read.rows if self.seen.get(g.id) != g.updated_at}
+    def _page(self, changed: list[_Gen]) -> _Page | None:
+        """The changed generations not derived yet in their current state, with the rest of their prompt groups."""
+        gens = {g.id: g for g in changed if self.seen.get(g.id) != g.updated_at}
         if not gens:
             return None
-        hashes = {g.prompt_hash for g in gens.values() if g.prompt_hash}
-        if not hashes <= read.hashes:
-            self.queue.drain()
-            self._add_groups(gens, hashes)
-            return _Page(gens)
-        for g in chain(read.rows, read.members):
-            if g.prompt_hash in hashes and g.id not in gens:
-                gens[g.id] = g
-                self.seen[g.id] = g.updated_at
+        self._add_groups(gens, {g.prompt_hash for g in gens.values() if g.prompt_hash})
         return _Page(gens)
 
-    def _members(self, hashes: set[str], page: set[int]) -> list[_Gen]:
-        """The generations of these prompt groups outside the page: ids first, so no text is read twice."""
+    def _add_groups(self, gens: dict[int, _Gen], hashes: set[str]) -> list[_Gen]:
+        """Load the members of these prompt groups that are not loaded yet: ids first, so no text is read twice."""
         if not hashes:
             return []
         ids = self.session.scalars(
@@ -601,10 +473,14 @@ class _Build:
                 _GEN.c.project_id == self.project_id, _one_of(self.session, _GEN.c.prompt_hash, sorted(hashes))
             )
         ).all()
-        missing = sorted(set(ids) - page)
+        missing = sorted(set(ids) - set(gens))
         if not missing:
             return []
-        return self._gens(_select().where(_one_of(self.session, _GEN.c.id, missing, True)))
+        added = self._gens(_select().where(_one_of(self.session, _GEN.c.id, missing, True)))
+        for g in added:
+            gens[g.id] = g
+            self.seen[g.id] = g.updated_at
+        return added
 
     def _gens(self, query: Select[Any]) -> list[_Gen]:
         """The generations a query reads. On Postgres straight from psycopg: SQLAlchemy's result rows and the UTC
@@ -614,14 +490,6 @@ class _Build:
             return list(map(_gen, self.session.execute(query).all()))
         compiled = query.compile(dialect=self.session.get_bind().dialect)
         return list(map(_gen, pg_fetch(self.session, compiled.string, compiled.params)))
-
-    def _add_groups(self, gens: dict[int, _Gen], hashes: set[str]) -> list[_Gen]:
-        """Load the members of these prompt groups that are not loaded yet: ids first, so no text is read twice."""
-        added = self._members(hashes, set(gens))
-        for g in added:
-            gens[g.id] = g
-            self.seen[g.id] = g.updated_at
-        return added
 
     def _existing(self, gids: list[str]) -> dict[Key, _Old]:
         """What earlier derivations of these generations wrote: through the unique index for the kinds of one
@@ -766,7 +634,6 @@ class _Build:
                 undecided.append((p, parses_fragment(p.g.completion)))
         if not undecided:
             return
-        self.queue.drain()
         query = texts.select_with_code(_GEN.c.id, _GEN.c.excluded, _GEN.c.outcome).where(
             _one_of(self.session, _GEN.c.id, [p.g.id for p, _ in undecided], numeric=True)
         )
@@ -922,9 +789,7 @@ class _Build:
     # -- writing -----------------------------------------------------------------------------------------------
 
     def _write(self, page: _Page) -> None:
-        """Compare the page's rows with what the table holds for its generations, and queue the write of the
-        difference (`_store`). The comparison needs the pages before stored: the queue is drained first."""
-        self.queue.drain()
+        """Compare the page's rows with what the table holds for its generations, and write the difference."""
         clock = time.perf_counter()
         existing = self._existing([g.generation_id for g in page.gens.values()])
         while True:
@@ -947,10 +812,12 @@ class _Build:
                     self.by_member[gid].discard(key[1])
         self.seconds["compare"] += time.perf_counter() - clock
         if inserts or upserts or gone:
-            self.queue.submit(self._db_timed, "write", self._store, inserts, upserts, gone)
+            clock = time.perf_counter()
+            self._store(inserts, upserts, gone)
+            self.seconds["write"] += time.perf_counter() - clock
 
     def _store(self, inserts: list[dict[str, Any]], upserts: list[dict[str, Any]], gone: list[Key]) -> None:
-        """A database job: insert the new keys, upsert the changed ones, set the gone ones inactive."""
+        """Insert the new keys, upsert the changed ones, set the gone ones inactive."""
         if self.pg and inserts:
             cursor = self.session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             cursor.adapters.register_dumper(None, _JsonbDumper)

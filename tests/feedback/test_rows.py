@@ -19,7 +19,7 @@ from core.settings import Settings
 from feedback import rows as rows_module
 from feedback import syntax
 from feedback.models import DatasetBuild, Generation, TrainingRow
-from feedback.rows import GATES, KINDS, OVERLAP, PAIRS_PER_ACCEPTED, _Ahead, _Build, _config, _gen, _select, build_rows
+from feedback.rows import GATES, KINDS, OVERLAP, PAIRS_PER_ACCEPTED, _Build, _config, _gen, _select, build_rows
 from feedback.service import ingest
 from tests.factories import feedback, generation
 
@@ -473,8 +473,8 @@ def test_a_group_member_changed_during_a_build_is_derived_again(db_url, monkeypa
 
 @pytest.mark.parametrize("job", ["_store", "_changed_page"])
 def test_an_error_in_a_database_job_fails_the_build_and_writes_nothing(db_url, monkeypatch, job):
-    """On Postgres the database jobs (the next page's read, the last page's write) run on the build's second thread
-    (feedback.rows._Queue): their first error is the build's, and the thread is gone when the build returns."""
+    """A failed read or write of a page fails the build: nothing after it runs, nothing is written, and no thread
+    of the build is left behind."""
     p = new_project(db_url)
     for n in range(3):
         send(db_url, p, decided(f"g{n}", "accepted", n, variant(n), prompt=f"def g{n}():\n"))
@@ -496,16 +496,16 @@ def test_an_error_in_a_database_job_fails_the_build_and_writes_nothing(db_url, m
     assert build(db_url, p, batch_size=1).rows_added == 3
 
 
-def test_a_page_read_ahead_loads_the_groups_it_did_not_read(db_url):
-    """The read ahead took the groups of the generations not seen then; one seen since with another updated_at (a
-    concurrent change that a group load found) needs its group loaded when the page is assembled."""
+def test_a_page_loads_the_rest_of_the_prompt_groups_of_its_generations(db_url):
+    """A page holds its changed generations with the other members of their groups, marked as seen: a later page
+    that holds one of them unchanged needs no second derivation of the group."""
     p = new_project(db_url)
     send(db_url, p, decided("first", "accepted", 0, variant(0)) + decided("second", "rejected", 1, variant(1)))
     with session_scope(db_url) as session:
         build_ = _Build(session, p, _config(session.get(Project, p)), utcnow(), db_url.startswith("postgresql"))
         query = _select().where(Generation.project_id == p).order_by(Generation.generation_id)
         first, second = [_gen(r) for r in session.execute(query).all()]
-        page = build_._assemble(_Ahead([first], set(), []))
+        page = build_._page([first])
         assert page is not None and {g.generation_id for g in page.gens.values()} == {"first", "second"}
         assert build_.seen == {second.id: second.updated_at}
 
