@@ -1,8 +1,8 @@
 """Python source for the whole project: which texts are Python (`is_python`), whether one parses (`parses`), and
 the lenient forms the training-row gate uses for fragments (`parses_fragment`, `parses_within`).
 
-`parses` answers as `ast.parse` would, through `symtable`: the same parser, then only symbol tables, no AST objects
-(a fifth cheaper). symtable also refuses a few trees the parser takes (`nonlocal` at module level, a repeated
+`parses` answers as `ast.parse` would, through `symtable`: the same parser, then only symbol tables, cheaper than
+building AST objects. symtable also refuses a few trees the parser takes (`nonlocal` at module level, a repeated
 argument, ...), so only its success decides; a failure is decided by `compile` itself. The lenient forms cache
 their verdicts per text, so a worker that re-derives a prompt group parses no text twice."""
 

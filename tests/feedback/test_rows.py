@@ -1,7 +1,7 @@
 """Tests for feedback.rows: each kind of row, each gate, incremental builds and their report, on both backends.
 
-Inputs go through feedback.service.ingest, as the collector's would. The Python checks alone are tested in
-test_syntax.py."""
+Inputs go through feedback.service.ingest, as the collector's would. The rules alone, without a database, are
+tested in test_derivation.py; the Python checks in test_syntax.py."""
 
 import gc
 import threading
@@ -18,8 +18,9 @@ from core.projects import Project, create_project
 from core.settings import Settings
 from feedback import rows as rows_module
 from feedback import syntax
+from feedback.derivation import PAIRS_PER_ACCEPTED
 from feedback.models import DatasetBuild, Generation, TrainingRow
-from feedback.rows import GATES, KINDS, OVERLAP, PAIRS_PER_ACCEPTED, _Build, _config, _gen, _select, build_rows
+from feedback.rows import GATES, KINDS, OVERLAP, _Build, _config, _gen, _select, build_rows
 from feedback.service import ingest
 from tests.factories import feedback, generation
 
