@@ -11,10 +11,11 @@ or DERIVATION_VERSION), the next build re-derives everything. It works a page of
 queries and one write per page; the report counts the gates over the generations derived (a generation
 re-derived within a build, because its group changed again, counts again).
 
-The unit of work is a set of whole prompt groups (`_Build.apply`): derive them, compare with what their
-generations hold, write the difference. Every read goes through `_Build.scope`, so a build of one partition of a
-project (a subset of its prompt groups) would add a predicate on `prompt_hash` there, and keep its own lock key and
-watermark; a generation that moves to another prompt takes its old rows along into its new group's partition.
+The unit of work is a page: whole prompt groups, derived (`_Build._derive`), then compared with what their
+generations hold and written (`_Build._write`). Every read and write names its rows through `_Build.scope`, so a
+build of one partition of a project (a subset of its prompt groups) would add a predicate on `prompt_hash` there and
+keep its own lock key and watermark. The one step that crosses groups: a generation that moved to another prompt
+leaves rows in its old group, which `_write` re-derives; across partitions that group belongs to the other one.
 """
 
 import gc
@@ -109,7 +110,7 @@ def build_rows(
     with _gc_paused():
         build.run(since, batch_size)
     for name, value in restore.items():
-        _set_local(session, name, value)
+        session.execute(text("SELECT set_config(:n, :v, true)"), {"n": name, "v": value})
 
     record = DatasetBuild(
         project_id=project_id,
