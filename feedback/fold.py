@@ -18,8 +18,8 @@ Locks (Postgres): before it reads the events, a fold takes a transaction-scoped 
 each generation it folds, all of them in ascending order, so two folds of one generation are serialized and the later
 one reads what the earlier one read and more. Buckets, not generations: the shared lock table holds about 64 locks
 per connection on a stock server, and a lock per generation in a fold of thousands ran it out for every transaction,
-ingest included; a fold holds at most `LOCK_BUCKETS`. The background folder claims queue rows with SKIP LOCKED;
-readers wait for them."""
+ingest included; a fold holds at most `LOCK_BUCKETS`, its own connection's share. The background folder claims queue
+rows with SKIP LOCKED; readers wait for them."""
 
 import zlib
 from collections import Counter
@@ -61,7 +61,7 @@ _CLAIM = text(
 # as one JSON array, unnested by json_array_elements_text, they cost less Python but the planner, not knowing how
 # many there are, read the events with a worse plan (Postgres CPU per folded event x3).
 # The two-int4 form keeps the buckets apart from the one-bigint advisory locks of the row build.
-LOCK_BUCKETS = 256
+LOCK_BUCKETS = 64  # the per-connection share of a stock server's lock table (max_locks_per_transaction)
 _LOCK_SPACE = 0x466F6C64  # "Fold"
 _LOCK = dbapi_sql(
     text("SELECT pg_advisory_xact_lock(:space, b) FROM (SELECT unnest(CAST(:buckets AS int[])) AS b ORDER BY b) AS s")
