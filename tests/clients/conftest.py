@@ -41,13 +41,16 @@ class LiveServer:
             "EDITLOOP_DATA_DIR": str(self.data_dir),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port), "--no-background"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / f"serve-{self.port}.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port), "--no-background"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -56,7 +59,7 @@ class LiveServer:
             except httpx.HTTPError:
                 time.sleep(0.1)
         self.kill()
-        raise RuntimeError("editloop serve did not start")
+        raise RuntimeError(f"editloop serve did not start: {log.read_text()[-2000:]}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -24,7 +24,7 @@ def test_events_survive_a_reopen_until_removed(tmp_path):
     q = DurableQueue(tmp_path / "q.db")
     items = q.peek(10)
     assert [i.event for i in items] == [ev(i) for i in range(5)]
-    q.remove([items[0].seq, items[1].seq])
+    q.remove(items[:2])
     q.close()
     assert [i.event_id for i in DurableQueue(tmp_path / "q.db").peek(10)] == ["e2", "e3", "e4"]
 

@@ -176,6 +176,7 @@ class EditloopClient:
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         empty = self.sender.flush(timeout_s)
+        self.sender.shutdown()
         self.queue.close()
         self.http.close()
         return empty

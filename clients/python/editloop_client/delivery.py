@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,7 @@ class Sender:
     http: httpx.Client
     batch_size: int = 500
     flush_interval_s: float = 1.0
+    in_flight: int = 2  # batches sent at once: the next is on the wire while the server commits the last
     on_rejected: Callable[[Rejected], None] | None = None
     backoff: Backoff = field(default_factory=Backoff)
     stats: DeliveryStats = field(default_factory=DeliveryStats)
@@ -86,6 +88,8 @@ class Sender:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="editloop-post")
+        self._stats_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="editloop-sender", daemon=True)
@@ -104,15 +108,22 @@ class Sender:
     def drain_once(self) -> float:
         """Send what is queued, batch after batch; 0 when the queue is empty, else the delay before a retry."""
         while len(self.queue):
-            batch = self.queue.peek(self.batch_size)
-            try:
-                self._deliver(batch)
-            except _Retry as exc:
+            rows = self.queue.peek(self.batch_size * self.in_flight)
+            batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+            failures = [exc for exc in self._pool.map(self._try, batches) if exc is not None]
+            if failures:
                 self.stats.retries += 1
-                self.stats.last_error = str(exc)
-                return self.backoff.next_delay(exc.retry_after)
+                self.stats.last_error = str(failures[0])
+                return self.backoff.next_delay(max((f.retry_after or 0.0) for f in failures))
             self.backoff.attempt = 0
         return 0.0
+
+    def _try(self, batch: list[Queued]) -> "_Retry | None":
+        try:
+            self._deliver(batch)
+        except _Retry as exc:
+            return exc
+        return None
 
     def flush(self, timeout_s: float) -> bool:
         """Deliver everything queued, retrying within `timeout_s`; True if the queue is empty."""
@@ -132,9 +143,13 @@ class Sender:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
     def _deliver(self, batch: list[Queued]) -> None:
         try:
-            r = self.http.post("/v1/events", json={"events": [q.event for q in batch]})
+            body = '{"events":[' + ",".join(q.body for q in batch) + "]}"
+            r = self.http.post("/v1/events", content=body.encode(), headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             raise _Retry(f"network: {exc!r}") from None
         if r.status_code == 429 or r.status_code >= 500 or r.status_code in (401, 403, 408):
@@ -146,21 +161,23 @@ class Sender:
             return
         if r.status_code >= 400:
             self._reject(batch[0], _detail(r))
-            self.queue.remove([batch[0].seq])
+            self.queue.remove(batch[:1])
             return
         body = r.json()
         errors = {e["index"]: e for e in body.get("errors", [])}
         for index, e in errors.items():
             self._reject(batch[index], (e["field"], e["detail"]))
-        self.stats.sent += len(batch)
-        self.stats.stored += body.get("stored", 0)
-        self.stats.duplicates += body.get("duplicates", 0)
-        self.queue.remove([q.seq for q in batch])
+        with self._stats_lock:
+            self.stats.sent += len(batch)
+            self.stats.stored += body.get("stored", 0)
+            self.stats.duplicates += body.get("duplicates", 0)
+        self.queue.remove(batch)
 
     def _reject(self, item: Queued, where: tuple[str, str]) -> None:
         rejected = Rejected(item.event_id, where[0], where[1], item.event)
-        self.stats.rejected += 1
-        self.rejected.append(rejected)
+        with self._stats_lock:
+            self.stats.rejected += 1
+            self.rejected.append(rejected)
         if self.on_rejected is not None:
             self.on_rejected(rejected)
 

@@ -21,8 +21,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
-    body TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    body TEXT NOT NULL
 )
 """
 
@@ -35,8 +34,11 @@ class QueueFull(Exception):
 class Queued:
     seq: int
     event_id: str
-    event: dict[str, Any]
-    attempts: int
+    body: str  # the event as JSON, sent as it is
+
+    @property
+    def event(self) -> dict[str, Any]:
+        return json.loads(self.body)
 
 
 class DurableQueue:
@@ -92,19 +94,16 @@ class DurableQueue:
 
     def peek(self, limit: int) -> list[Queued]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, event_id, body, attempts FROM events ORDER BY seq LIMIT ?", (limit,)
-            ).fetchall()
-        return [Queued(seq, eid, json.loads(body), attempts) for seq, eid, body, attempts in rows]
+            rows = self._db.execute("SELECT seq, event_id, body FROM events ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [Queued(*row) for row in rows]
 
-    def remove(self, seqs: list[int]) -> None:
-        if not seqs:
+    def remove(self, items: list[Queued]) -> None:
+        """Remove answered events. `items` is a run of consecutive rows from `peek`, so one range covers them."""
+        if not items:
             return
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
-            self._db.execute("COMMIT")
-            self._count = self._db.execute("SELECT count(*) FROM events").fetchone()[0]
+            cur = self._db.execute("DELETE FROM events WHERE seq BETWEEN ? AND ?", (items[0].seq, items[-1].seq))
+            self._count -= cur.rowcount
 
     def wait(self, at_least: int, timeout: float) -> None:
         """Block until `at_least` events are queued or `timeout` passes."""
