@@ -59,7 +59,7 @@ class Tracked:
 
     def rated(self, score: float, comment: str | None = None, key: str = "") -> None:
         extra: dict[str, Any] = {"score": score} | ({"comment": comment} if comment else {})
-        self._client._emit(self.generation_id, "rating", f"{score}:{key}", extra)
+        self._client._emit(self.generation_id, "rating", f"{float(score)}:{key}", extra)
 
 
 class EditloopClient:
