@@ -22,10 +22,12 @@ export async function freePort(): Promise<number> {
 
 export class LiveServer {
   readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), "editloop-ts-"));
-  readonly db = path.join(this.dir, "editloop.db");
   private proc?: ChildProcess;
 
-  constructor(readonly port: number) {}
+  constructor(
+    readonly port: number,
+    readonly databaseUrl = `sqlite:///${path.join(fs.mkdtempSync(path.join(os.tmpdir(), "editloop-db-")), "editloop.db")}`,
+  ) {}
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
@@ -35,7 +37,7 @@ export class LiveServer {
     const pythonPath = [REPO, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter);
     return {
       ...process.env,
-      EDITLOOP_DATABASE_URL: `sqlite:///${this.db}`,
+      EDITLOOP_DATABASE_URL: this.databaseUrl,
       EDITLOOP_DATA_DIR: path.join(this.dir, "data"),
       PYTHONPATH: pythonPath,
     };
@@ -57,7 +59,7 @@ export class LiveServer {
       "    p = create_project(s, sys.argv[2])",
       "    print(json.dumps({r.value: create_key(s, p, r)[1] for r in (Role.ingest, Role.admin)}))",
     ].join("\n");
-    const out = execFileSync(PYTHON, ["-c", script, `sqlite:///${this.db}`, name], { env: this.env(), encoding: "utf8" });
+    const out = execFileSync(PYTHON, ["-c", script, this.databaseUrl, name], { env: this.env(), encoding: "utf8" });
     const keys = JSON.parse(out);
     return { name, ingest: keys.ingest, admin: keys.admin };
   }
@@ -93,11 +95,12 @@ export class LiveServer {
     this.proc = undefined;
   }
 
-  /** Every stored event id of the project, with repeats if there were any. */
+  /** Every stored event id of the project, with repeats if there were any (on SQLite). */
   stored(project: string): string[] {
+    const db = this.databaseUrl.replace("sqlite:///", "");
     const script =
       "import sqlite3, sys, json; c = sqlite3.connect(sys.argv[1]); print(json.dumps([r[0] for r in c.execute(" +
       "'SELECT e.event_id FROM feedback_events e JOIN projects p ON p.id = e.project_id WHERE p.name = ?', (sys.argv[2],))]))";
-    return JSON.parse(execFileSync(PYTHON, ["-c", script, this.db, project], { encoding: "utf8" }));
+    return JSON.parse(execFileSync(PYTHON, ["-c", script, db, project], { encoding: "utf8" }));
   }
 }
