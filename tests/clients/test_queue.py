@@ -69,3 +69,12 @@ def test_retry_after_and_backoff():
     delays = [backoff.next_delay() for _ in range(6)]
     assert all(0 <= d <= min(8, 2**i) for i, d in enumerate(delays))  # full jitter under a doubling cap
     assert backoff.next_delay(retry_after=20) == 20  # never sooner than the server asked
+
+
+def test_a_rating_has_the_id_the_typescript_client_gives_it(tmp_path):
+    from editloop_client import EditloopClient
+
+    client = EditloopClient("http://127.0.0.1:9", "k", queue_path=tmp_path / "q.db", start=False)
+    client.track("continue:chat:1").rated(1)  # an int: the id is the same as for 1.0
+    [case] = [c for c in SHARED["ids"] if c["type"] == "rating"]
+    assert client.queue.peek(1)[0].event_id == case["event_id"]

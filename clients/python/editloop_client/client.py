@@ -5,6 +5,7 @@ by a background thread (delivery.py); what the user kept is followed by the sett
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +79,7 @@ class EditloopClient:
         batch_size: int = 500,
         flush_interval_s: float = 1.0,
         settle_s: float = DEFAULT_SETTLE_S,
-        on_rejected: Any = None,
+        on_rejected: Callable[[Rejected], None] | None = None,
         backoff: Backoff | None = None,
         timeout_s: float = 30.0,
         start: bool = True,
@@ -133,7 +134,7 @@ class EditloopClient:
         body = {"completion": completion, "model": model, **fields}
         body |= {"prompt": prompt} if messages is None else {"messages": messages}
         self._emit(generation_id, "generation", "", body)
-        self._completions[generation_id] = completion
+        self._remember_text(generation_id, completion)
         return Tracked(self, generation_id)
 
     def track(self, generation_id: str) -> Tracked:
@@ -199,8 +200,14 @@ class EditloopClient:
         self.queue.put(event)
 
     def _remember(self, generation: Generation) -> Generation:
-        self._completions[generation.id] = generation.text
+        self._remember_text(generation.id, generation.text)
         return generation
+
+    def _remember_text(self, generation_id: str, completion: str) -> None:
+        """The completions this client made or logged, to track an accept of them; the latest 1024."""
+        self._completions[generation_id] = completion
+        if len(self._completions) > 1024:
+            del self._completions[next(iter(self._completions))]
 
     def _track_region(self, generation_id: str, document: str, offset: int, text: str) -> None:
         with self._tracker_lock:
@@ -269,7 +276,9 @@ class AsyncEditloopClient:
         await self.aclose()
 
 
-def _request(prompt: str | None, messages: list[dict[str, str]] | None, model: str, params: dict[str, Any]):
+def _request(
+    prompt: str | None, messages: list[dict[str, str]] | None, model: str, params: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
     if (prompt is None) == (messages is None):
         raise ValueError("give exactly one of prompt or messages")
     if messages is not None:

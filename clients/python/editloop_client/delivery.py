@@ -90,6 +90,7 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="editloop-post")
         self._stats_lock = threading.Lock()
+        self._drain_lock = threading.Lock()  # the background thread and a caller's flush() never send the same rows
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="editloop-sender", daemon=True)
@@ -107,6 +108,10 @@ class Sender:
 
     def drain_once(self) -> float:
         """Send what is queued, batch after batch; 0 when the queue is empty, else the delay before a retry."""
+        with self._drain_lock:
+            return self._drain()
+
+    def _drain(self) -> float:
         while len(self.queue):
             rows = self.queue.peek(self.batch_size * self.in_flight)
             batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]

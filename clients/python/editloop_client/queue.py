@@ -38,7 +38,8 @@ class Queued:
 
     @property
     def event(self) -> dict[str, Any]:
-        return json.loads(self.body)
+        event: dict[str, Any] = json.loads(self.body)
+        return event
 
 
 class DurableQueue:
@@ -62,7 +63,7 @@ class DurableQueue:
         self.ready = threading.Condition()
 
     def __len__(self) -> int:
-        return self._count
+        return int(self._count)
 
     def put(self, event: dict[str, Any]) -> bool:
         """Write one event; True if it is new to the queue (a second put of the same event_id changes nothing)."""

@@ -124,7 +124,7 @@ export class EditloopClient {
     const raw = (await r.json()) as { id: string; model?: string; choices: { text?: string; message?: { content: string } }[] };
     const choice = raw.choices[0];
     const generation = { id: raw.id, text: choice.message?.content ?? choice.text ?? "", model: raw.model ?? "", raw };
-    this.completions.set(generation.id, generation.text);
+    this.remember(generation.id, generation.text);
     return generation;
   }
 
@@ -132,7 +132,7 @@ export class EditloopClient {
   logGeneration(record: GenerationRecord): Tracked {
     const { generationId, ...fields } = record;
     this.emit(generationId, "generation", "", fields);
-    this.completions.set(generationId, record.completion);
+    this.remember(generationId, record.completion);
     return this.track(generationId);
   }
 
@@ -198,6 +198,12 @@ export class EditloopClient {
   /** @internal */
   trackRegion(generationId: string, document: string, offset: number, text: string): void {
     this.postSettled(this.tracker.track(generationId, document, offset, text, this.clock()));
+  }
+
+  /** The completions this client made or logged, to track an accept of them; the latest 1024. */
+  private remember(generationId: string, completion: string): void {
+    this.completions.set(generationId, completion);
+    if (this.completions.size > 1024) this.completions.delete(this.completions.keys().next().value as string);
   }
 
   private postSettled(settled: Settled[]): void {

@@ -5,6 +5,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "node:test";
 
+import { EditloopClient } from "../src/client";
 import { Backoff, retryAfterMs } from "../src/delivery";
 import { eventId } from "../src/ids";
 import { DurableQueue, QueueFull } from "../src/queue";
@@ -75,4 +76,12 @@ test("retry-after and backoff", () => {
   const backoff = new Backoff({ baseMs: 1000, capMs: 8000 });
   for (let i = 0; i < 6; i++) assert.ok(backoff.nextDelay() <= Math.min(8000, 1000 * 2 ** i));
   assert.equal(backoff.nextDelay(20_000), 20_000);
+});
+
+test("a rating has the id the Python client gives it", () => {
+  const client = new EditloopClient({ baseUrl: "http://127.0.0.1:9", apiKey: "k", storage: new MemoryStorage(), flushIntervalMs: 2 ** 31 - 1 });
+  client.track("continue:chat:1").rated(1);
+  const rating = SHARED.ids.find((c: { type: string }) => c.type === "rating");
+  assert.equal(client.queue.peek(1)[0].eventId, rating.event_id);
+  client.sender.stop();
 });
