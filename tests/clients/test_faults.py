@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from editloop_client import Backoff, EditloopClient
+from editloop_client import Backoff, EditloopClient, event_id
 
 from tests.clients.conftest import LiveServer
 
@@ -97,3 +97,15 @@ def test_a_lost_answer_is_resent_as_duplicates_never_stored_twice(proxy: FaultPr
     stored = live.stored(keys.project)
     assert len(stored) == len(set(stored)) == 10
     client.close()
+
+
+def test_a_wrong_base_url_loses_nothing(live: LiveServer, keys, tmp_path):
+    """A 404 blames the set-up, not the events: they wait on disk until a client with the right URL sends them."""
+    client = EditloopClient(f"{live.url}/v1", keys.ingest, queue_path=tmp_path / "q.db", start=False)
+    client.track("g").accepted()
+    assert not client.flush(timeout_s=0.5)
+    assert "HTTP 404" in (client.stats.last_error or "") and len(client.queue) == 1 and not client.rejected
+    client.close(timeout_s=0)
+    with EditloopClient(live.url, keys.ingest, queue_path=tmp_path / "q.db") as fixed:
+        assert len(fixed.queue) == 1
+    assert live.stored(keys.project) == [event_id("g", "accepted")]

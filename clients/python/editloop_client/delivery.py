@@ -5,7 +5,7 @@ A batch is sent when `batch_size` events are queued or the oldest has waited `fl
 `Retry-After`); the events stay on disk meanwhile. 401/403 are retried the same way (a key can be fixed without
 losing what was queued) and reported. A 2xx removes the batch: stored events, duplicates (already stored by an
 earlier try) and invalid events, which are reported, with their field, to `on_rejected` and never retried. A batch
-refused whole (422, 413) is split in halves until each invalid event is alone.
+refused whole (400, 413, 422) is split in halves until each invalid event is alone.
 """
 
 import email.utils
@@ -64,6 +64,11 @@ def retry_after_s(value: str | None, now: float | None = None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when - (time.time() if now is None else now))
+
+
+# The answers that blame what was sent: never retried. Any other 4xx (401, 403, a 404 from a wrong base URL, ...)
+# is retried like a 5xx, so that a fixable mistake in the set-up loses nothing.
+_THE_EVENTS_FAULT = (400, 413, 422)
 
 
 class _Retry(Exception):
@@ -157,9 +162,9 @@ class Sender:
             r = self.http.post("/v1/events", content=body.encode(), headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             raise _Retry(f"network: {exc!r}") from None
-        if r.status_code == 429 or r.status_code >= 500 or r.status_code in (401, 403, 408):
+        if r.status_code >= 300 and r.status_code not in _THE_EVENTS_FAULT:
             raise _Retry(f"HTTP {r.status_code}: {r.text[:200]}", retry_after_s(r.headers.get("retry-after")))
-        if r.status_code in (413, 422) and len(batch) > 1:
+        if r.status_code in _THE_EVENTS_FAULT and len(batch) > 1:
             half = len(batch) // 2
             self._deliver(batch[:half])
             self._deliver(batch[half:])

@@ -1,7 +1,7 @@
 // Sending the queue to POST /v1/events: batches by size and time, retries with backoff, never loses an event.
-// The same policy as the Python client (editloop_client/delivery.py): 429, 5xx, 401/403/408 and network errors
-// are retried after an exponential backoff with full jitter, never sooner than `Retry-After`; a 2xx removes the
-// batch, reporting each invalid event with its field to `onRejected`; a batch refused whole (413, 422) is split
+// The same policy as the Python client (editloop_client/delivery.py): 429, 5xx, any 4xx but 400/413/422, and
+// network errors are retried after an exponential backoff with full jitter, never sooner than `Retry-After`; a 2xx removes the
+// batch, reporting each invalid event with its field to `onRejected`; a batch refused whole (400, 413, 422) is split
 // until each invalid event is alone.
 
 import type { DurableQueue, Queued } from "./queue";
@@ -50,6 +50,10 @@ export function retryAfterMs(value: string | null, now = Date.now()): number | u
   const when = Date.parse(trimmed);
   return Number.isNaN(when) ? undefined : Math.max(0, when - now);
 }
+
+// The answers that blame what was sent: never retried. Any other 4xx (401, 403, a 404 from a wrong base URL, ...)
+// is retried like a 5xx, so that a fixable mistake in the set-up loses nothing.
+const THE_EVENTS_FAULT = new Set([400, 413, 422]);
 
 class Retry extends Error {
   constructor(
@@ -171,11 +175,11 @@ export class Sender {
       throw new Retry(`network: ${String(err)}`);
     }
     const status = r.status;
-    if (status === 429 || status >= 500 || status === 401 || status === 403 || status === 408) {
+    if (status >= 300 && !THE_EVENTS_FAULT.has(status)) {
       const text = await r.text().catch(() => "");
       throw new Retry(`HTTP ${status}: ${text.slice(0, 200)}`, retryAfterMs(r.headers.get("retry-after")));
     }
-    if ((status === 413 || status === 422) && batch.length > 1) {
+    if (THE_EVENTS_FAULT.has(status) && batch.length > 1) {
       await r.body?.cancel();
       const half = Math.floor(batch.length / 2);
       await this.deliver(batch.slice(0, half));
