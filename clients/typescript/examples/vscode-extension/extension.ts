@@ -79,8 +79,8 @@ export function connect(vscode: VsCode, subscriptions: Disposable[], client: Edi
       client.track(generationId).accepted({ document: uri, offset });
     }),
     vscode.workspace.onDidChangeTextDocument(({ document, contentChanges }) => {
-      // VS Code lists one event's changes last-in-the-document first, so applying them in the order given is right (each
-      // offset is in the text the ones before it left). Offsets are UTF-16 code units, as the tracker expects.
+      // VS Code lists one event's changes last-in-the-document first, so applying them in the order given is
+      // right. Offsets are UTF-16 code units, as the tracker expects.
       for (const change of contentChanges) {
         client.textChanged(document.uri.toString(), change.rangeOffset, change.rangeLength, change.text);
       }
