@@ -62,7 +62,8 @@ export class Tracked {
    * accepted text now starts), the settle tracker follows it and posts `edited` once it settles. */
   accepted(options: { acceptedText?: string; document?: string; offset?: number } = {}): void {
     const { acceptedText, document, offset } = options;
-    this.client.emit(this.generationId, "accepted", acceptedText ?? "", acceptedText === undefined ? {} : { accepted_text: acceptedText });
+    const fields = acceptedText === undefined ? {} : { accepted_text: acceptedText };
+    this.client.emit(this.generationId, "accepted", acceptedText ?? "", fields);
     if (document !== undefined && offset !== undefined) {
       const text = acceptedText ?? this.client.completionOf(this.generationId);
       if (!text) throw new Error("accepted: give acceptedText to track a generation this client did not generate");
@@ -114,7 +115,9 @@ export class EditloopClient {
   async generate(request: GenerateRequest): Promise<Generation> {
     const { prompt, messages, model = "production", ...params } = request;
     if ((prompt === undefined) === (messages === undefined)) throw new Error("give exactly one of prompt or messages");
-    const [route, body] = messages ? ["/v1/chat/completions", { model, messages, ...params }] : ["/v1/completions", { model, prompt, ...params }];
+    const [route, body] = messages
+      ? ["/v1/chat/completions", { model, messages, ...params }]
+      : ["/v1/completions", { model, prompt, ...params }];
     const r = await fetch(this.baseUrl + route, {
       method: "POST",
       headers: { authorization: `Bearer ${this.options.apiKey}`, "content-type": "application/json" },

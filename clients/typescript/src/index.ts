@@ -1,4 +1,11 @@
-export { EditloopClient, Tracked, type ClientOptions, type Generation, type GenerateRequest, type GenerationRecord } from "./client";
+export {
+  EditloopClient,
+  Tracked,
+  type ClientOptions,
+  type Generation,
+  type GenerateRequest,
+  type GenerationRecord,
+} from "./client";
 export { Backoff, Sender, retryAfterMs, type DeliveryStats, type Rejected } from "./delivery";
 export { eventId } from "./ids";
 export { DurableQueue, QueueFull, type FullPolicy, type Queued } from "./queue";

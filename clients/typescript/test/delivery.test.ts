@@ -64,7 +64,8 @@ test("a client that died before sending loses nothing", async () => {
 test("invalid events are reported with their field and never retried", async () => {
   const keys = live.project();
   const seen: Rejected[] = [];
-  const client = new EditloopClient({ baseUrl: live.url, apiKey: keys.ingest, storage: queueFile(), onRejected: (r) => seen.push(r), ...FAST });
+  const onRejected = (r: Rejected) => seen.push(r);
+  const client = new EditloopClient({ baseUrl: live.url, apiKey: keys.ingest, storage: queueFile(), onRejected, ...FAST });
   client.track("g-bad").rated(5); // alone: the whole batch is refused (422)
   assert.equal(await client.flush(10_000), true);
   client.track("g-1").accepted();

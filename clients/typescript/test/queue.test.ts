@@ -79,7 +79,8 @@ test("retry-after and backoff", () => {
 });
 
 test("a rating has the id the Python client gives it", () => {
-  const client = new EditloopClient({ baseUrl: "http://127.0.0.1:9", apiKey: "k", storage: new MemoryStorage(), flushIntervalMs: 2 ** 31 - 1 });
+  const storage = new MemoryStorage();
+  const client = new EditloopClient({ baseUrl: "http://127.0.0.1:9", apiKey: "k", storage, flushIntervalMs: 2 ** 31 - 1 });
   client.track("continue:chat:1").rated(1);
   const rating = SHARED.ids.find((c: { type: string }) => c.type === "rating");
   assert.equal(client.queue.peek(1)[0].eventId, rating.event_id);

@@ -28,9 +28,13 @@ interface ContentChange {
   rangeLength: number;
   text: string;
 }
+interface ChangeEvent {
+  document: TextDocument;
+  contentChanges: readonly ContentChange[];
+}
 export interface VsCode {
   workspace: {
-    onDidChangeTextDocument(listener: (e: { document: TextDocument; contentChanges: readonly ContentChange[] }) => void): Disposable;
+    onDidChangeTextDocument(listener: (e: ChangeEvent) => void): Disposable;
     onDidSaveTextDocument(listener: (d: TextDocument) => void): Disposable;
     onDidCloseTextDocument(listener: (d: TextDocument) => void): Disposable;
     getConfiguration(section: string): { get<T>(key: string): T | undefined };
