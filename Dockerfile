@@ -8,6 +8,7 @@ COPY feedback feedback
 COPY rewards rewards
 COPY trainers trainers
 COPY serving serving
+COPY demo demo
 COPY migrations migrations
 # The collector needs no ML stack; training workers and an in-process gateway are built with EXTRAS="[train]".
 # torch from PyPI is its CUDA build on Linux; TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes the CPU one.

@@ -399,7 +399,7 @@ def model_bootstrap(
     """Build a small local code model: a tokenizer trained on a generated Python corpus whose style varies along
     independent axes (naming, type hints, quotes, f-strings, docstrings), and a brief pretraining so that its
     samples look like code. Point a project at it with `editloop projects set NAME model.base_model=DIR`."""
-    from trainers.bootstrap import BootstrapConfig, bootstrap
+    from demo.bootstrap import BootstrapConfig, bootstrap
 
     config = BootstrapConfig(seconds=seconds, documents=documents, seed=seed)
     columns = (TextColumn("pretraining"), BarColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))

@@ -14,9 +14,10 @@ import pytest
 from core.db import session_scope
 from core.projects import Project, Role, create_key
 from core.settings import Settings
+from demo.corpus import follows, prompt_for, sample_function
 from feedback.snapshots import cut_snapshot
 from rewards.functions import LengthGuard, Parses, code_parses
-from trainers import evaluation, gate, registry, runs, styles
+from trainers import evaluation, gate, registry, runs
 from trainers.models import AdapterVersion, TrainingRun
 
 from ..conftest import start_server
@@ -27,7 +28,7 @@ AXIS, VALUE = "type_hints", True
 
 
 def rule_share(texts: list[str]) -> tuple[float, int]:
-    verdicts = [styles.follows(t, AXIS, VALUE) for t in texts]
+    verdicts = [follows(t, AXIS, VALUE) for t in texts]
     decided = [v for v in verdicts if v is not None]
     return (sum(decided) / len(decided) if decided else 0.0), len(decided)
 
@@ -143,7 +144,7 @@ def learns_the_rule(rl_project: RLProject, tiny_model: Path, kind: str, **config
 
     url, project_id = rl_project.url, rl_project.project_id
     rng = random.Random(12345)
-    prompts = [styles.prompt_for(styles.sample_function(rng)) for _ in range(48)]
+    prompts = [prompt_for(sample_function(rng)) for _ in range(48)]
     tokenizer = load_tokenizer(str(tiny_model))
     base_texts = evaluation.generate(load_model(str(tiny_model)), tokenizer, prompts, max_new_tokens=160)
 

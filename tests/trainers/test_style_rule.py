@@ -10,7 +10,8 @@ import pytest
 
 from core.db import session_scope
 from core.settings import Settings
-from trainers import evaluation, registry, runs, styles
+from demo.corpus import follows, prompt_for, sample_function
+from trainers import evaluation, registry, runs
 from trainers.models import AdapterVersion
 
 from .tiny import style_project
@@ -20,7 +21,7 @@ AXIS = "quotes"
 
 
 def rule_share(texts: list[str], value: str) -> tuple[float, int]:
-    verdicts = [styles.follows(t, AXIS, value) for t in texts]
+    verdicts = [follows(t, AXIS, value) for t in texts]
     decided = [v for v in verdicts if v is not None]
     return (sum(decided) / len(decided) if decided else 0.0), len(decided)
 
@@ -44,7 +45,7 @@ def test_reward_model_and_dpo_learn_a_style_rule(sqlite_url: str, tiny_model: Pa
     # Fresh prompts that no split holds. The rule users teach is the quote style the base's greedy code uses least,
     # so there is room to move.
     rng = random.Random(12345)
-    prompts = [styles.prompt_for(styles.sample_function(rng)) for _ in range(48)]
+    prompts = [prompt_for(sample_function(rng)) for _ in range(48)]
     tokenizer = load_tokenizer(str(tiny_model))
     base_texts = evaluation.generate(load_model(str(tiny_model)), tokenizer, prompts, max_new_tokens=160)
     single, _ = rule_share(base_texts, "single")

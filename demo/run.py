@@ -42,7 +42,7 @@ class BuiltinTaste:
     axes: dict[str, Any]
 
     def __call__(self, code: str) -> str:
-        from trainers.styles import restyle
+        from demo.corpus import restyle
 
         return restyle(code, **self.axes)
 
@@ -165,7 +165,7 @@ class Editors:
         self.lock = threading.Lock()
 
     def _prompt(self) -> str:
-        from trainers.styles import prompt_for, sample_function
+        from demo.corpus import prompt_for, sample_function
 
         with self.lock:
             return prompt_for(sample_function(self.rng))
@@ -229,7 +229,7 @@ class Editors:
 
 def ensure_model(path: Path, console: Console) -> Path:
     """The demo's base model: a previous demo's bootstrap output, or a new one (a few minutes on 2 cores)."""
-    from trainers.bootstrap import BootstrapConfig, bootstrap, is_bootstrap_output
+    from demo.bootstrap import BootstrapConfig, bootstrap, is_bootstrap_output
 
     if is_bootstrap_output(path):
         console.print(f"base model: {path} (built by an earlier demo; delete it to build afresh)")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from trainers import styles
-from trainers.bootstrap import METADATA, BootstrapConfig, bootstrap, sample
+from demo.bootstrap import METADATA, BootstrapConfig, bootstrap, sample
+from demo.corpus import AXES, corpus, prompt_for, sample_function
 
 # 32 prompts: with 8, this model's 3 of 8 against a bar of 4 made the test a coin flip (measured on the CI fixture:
 # 3/8, 19/32 = 0.59, 43/64 = 0.67 greedy samples parse as a function).
-PROMPTS = [styles.prompt_for(styles.sample_function(random.Random(f"held-out-{i}"))) for i in range(32)]
+PROMPTS = [prompt_for(sample_function(random.Random(f"held-out-{i}"))) for i in range(32)]
 
 
 def test_output_loads_with_the_auto_classes(tiny_model: Path) -> None:
@@ -30,7 +30,7 @@ def test_output_loads_with_the_auto_classes(tiny_model: Path) -> None:
     generation = model.generation_config
     assert (generation.pad_token_id, generation.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
     # the tokenizer is the BPE it was trained as (not swapped for another class by model type) and round-trips
-    doc = styles.corpus(1, seed=99)[0]
+    doc = corpus(1, seed=99)[0]
     assert tokenizer.decode(tokenizer(doc)["input_ids"]) == doc
     messages = [{"role": "user", "content": "hi"}]
     chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -41,7 +41,7 @@ def test_metadata_records_the_run(tiny_model: Path) -> None:
     meta = json.loads((tiny_model / METADATA).read_text())
     assert meta["config"]["documents"] == 6000 and meta["seed"] == 0
     assert meta["steps"] > 0 and meta["seconds"] > 0
-    assert meta["style_axes"] == {axis: list(values) for axis, values in styles.AXES.items()}
+    assert meta["style_axes"] == {axis: list(values) for axis, values in AXES.items()}
     assert {"torch", "transformers", "trl", "tokenizers"} <= set(meta["library_versions"])
     # the loss starts near ln(vocab) = 7.6 for random weights and must have fallen well below it
     assert meta["initial_loss"] > 7

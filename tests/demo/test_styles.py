@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from trainers.styles import (
+from demo.corpus import (
     _FAMILIES,
     AXES,
     Function,

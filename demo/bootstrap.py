@@ -1,6 +1,6 @@
 """`editloop model bootstrap`: a small local code model for the demo and the tests, built from nothing.
 
-A byte-level BPE tokenizer is trained on the synthetic style corpus (`trainers.styles`), then a tiny Llama is
+A byte-level BPE tokenizer is trained on the synthetic style corpus (`demo.corpus`), then a tiny Llama is
 pretrained on the same corpus for a time budget, so its samples look like code and it is neutral on every style
 axis: a preference learned later shows up as a change, not as a prior. Recipe and measurements:
 shared/notes/ml-on-cpu.md, section 1.
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from demo.corpus import AXES, corpus
 from ml.environment import library_versions
-from trainers import styles
 
 # Read by huggingface_hub and tokenizers when they are first imported, so they are set before any import below.
 # setdefault: an operator who really wants the Hub online can still say so.
@@ -253,8 +253,8 @@ def bootstrap(
     set_seed(config.seed)
     _quiet()
 
-    docs = styles.corpus(config.documents, config.seed)
-    held_out = styles.corpus(64, config.seed + 1_000_003)  # another seed: same distribution, other documents
+    docs = corpus(config.documents, config.seed)
+    held_out = corpus(64, config.seed + 1_000_003)  # another seed: same distribution, other documents
     tokenizer = build_tokenizer(docs, config.vocab_size)
     model = build_model(config, tokenizer)
     dataset = datasets.Dataset.from_dict({"text": [doc + EOS for doc in docs]})
@@ -320,8 +320,8 @@ def bootstrap(
             "tokens_trained": steps * config.batch_size * config.max_length,
             "parameters": sum(p.numel() for p in model.parameters()),
             "threads": torch.get_num_threads(),
-            "corpus": {"generator": "trainers.styles.corpus", "documents": config.documents, "seed": config.seed},
-            "style_axes": {axis: list(values) for axis, values in styles.AXES.items()},
+            "corpus": {"generator": "demo.corpus.corpus", "documents": config.documents, "seed": config.seed},
+            "style_axes": {axis: list(values) for axis, values in AXES.items()},
             "special_tokens": {"eos": EOS, "bos": EOS, "pad": PAD, "chat": CHAT_TOKENS},
             "library_versions": {"python": platform.python_version(), **library_versions()},
         }

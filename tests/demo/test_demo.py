@@ -9,20 +9,20 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from api.cli import app
-from api.demo import TASTES, load_taste, react, run_demo
 from core.db import session_scope
 from core.errors import InvalidInput
 from core.migrate import upgrade
 from core.settings import Settings
+from demo.corpus import restyle
+from demo.run import TASTES, load_taste, react, run_demo
 from feedback.models import Generation
-from trainers import styles
 
 CAMEL_UNTYPED = "def addAll(itemList):\n    return sum(itemList)\n"
 
 
 def double_quotes(code: str) -> str:
     """A taste given as module:function in the tests."""
-    return styles.restyle(code, quotes="double")
+    return restyle(code, quotes="double")
 
 
 def test_builtin_tastes_are_style_rewrites() -> None:
@@ -107,7 +107,7 @@ def test_one_round_through_the_gateway_and_the_pipeline(tiny_model: Path, tmp_pa
 
 
 def test_a_refused_promotion_says_why_and_what_the_editors_stay_on() -> None:
-    from api.demo import _training_line
+    from demo.run import _training_line
 
     reason = "promotion of v2 to production refused: the candidate has no evaluation to compare"
     refused = {"seconds": 6.0, "snapshot_id": 1, "reward_accuracy": None, "promoted": False, "production": None,
