@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from demo.corpus import AXES, corpus
+from demo.corpus import corpus
+from demo.style import AXES
 from ml.environment import library_versions
 
 # Read by huggingface_hub and tokenizers when they are first imported, so they are set before any import below.

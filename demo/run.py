@@ -42,7 +42,7 @@ class BuiltinTaste:
     axes: dict[str, Any]
 
     def __call__(self, code: str) -> str:
-        from demo.corpus import restyle
+        from demo.restyle import restyle
 
         return restyle(code, **self.axes)
 

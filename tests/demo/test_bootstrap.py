@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from demo.bootstrap import METADATA, BootstrapConfig, bootstrap, sample
-from demo.corpus import AXES, corpus, prompt_for, sample_function
+from demo.corpus import corpus, prompt_for, sample_function
+from demo.style import AXES
 
 # 32 prompts: with 8, this model's 3 of 8 against a bar of 4 made the test a coin flip (measured on the CI fixture:
 # 3/8, 19/32 = 0.59, 43/64 = 0.67 greedy samples parse as a function).

@@ -13,7 +13,7 @@ from core.db import session_scope
 from core.errors import InvalidInput
 from core.migrate import upgrade
 from core.settings import Settings
-from demo.corpus import restyle
+from demo.restyle import restyle
 from demo.run import TASTES, load_taste, react, run_demo
 from feedback.models import Generation
 

@@ -9,21 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from demo.corpus import (
-    _FAMILIES,
-    AXES,
-    Function,
-    Style,
-    corpus,
-    detect,
-    follows,
-    prompt_for,
-    random_style,
-    render,
-    restyle,
-    sample_function,
-    style_pair,
-)
+from demo.corpus import _FAMILIES, Function, corpus, prompt_for, render, sample_function, style_pair
+from demo.restyle import restyle
+from demo.style import AXES, Style, detect, follows, random_style
 
 ALL_STYLES = [Style(**dict(zip(AXES, values, strict=True))) for values in itertools.product(*AXES.values())]
 

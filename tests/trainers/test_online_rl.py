@@ -14,7 +14,8 @@ import pytest
 from core.db import session_scope
 from core.projects import Project, Role, create_key
 from core.settings import Settings
-from demo.corpus import follows, prompt_for, sample_function
+from demo.corpus import prompt_for, sample_function
+from demo.style import follows
 from feedback.snapshots import cut_snapshot
 from rewards.functions import LengthGuard, Parses, code_parses
 from trainers import evaluation, gate, registry, runs

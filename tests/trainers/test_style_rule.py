@@ -10,7 +10,8 @@ import pytest
 
 from core.db import session_scope
 from core.settings import Settings
-from demo.corpus import follows, prompt_for, sample_function
+from demo.corpus import prompt_for, sample_function
+from demo.style import follows
 from trainers import evaluation, registry, runs
 from trainers.models import AdapterVersion
 
