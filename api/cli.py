@@ -312,7 +312,8 @@ def demo(
     gateway to simulated editor users over HTTP, and let their accepts, edits and rejects train it for a few rounds
     (rows -> reward model -> policy -> evaluation -> promotion). Prints the acceptance rate, edit distance and reward
     accuracy per round, and writes them as JSON and a PNG plot."""
-    from demo.run import load_taste, run_demo
+    from demo.run import run_demo
+    from demo.tastes import load_taste
 
     try:
         load_taste(taste)

@@ -41,11 +41,11 @@ BUCKETS = ("generation", "scoring", "reference", "training")
 def prepare(model_dir: Path | None, work: Path) -> Path:
     if model_dir is not None:
         return model_dir
-    from demo.bootstrap import BootstrapConfig, bootstrap
+    from demo.bootstrap import TINY_MODEL, bootstrap
 
     out = work / "model"
     print("bootstrapping a tiny model (pass --model to reuse one) ...", flush=True)
-    bootstrap(out, BootstrapConfig(documents=6000, batch_size=8, max_steps=300, seconds=900))
+    bootstrap(out, TINY_MODEL)
     return out
 
 

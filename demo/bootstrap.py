@@ -92,6 +92,11 @@ class BootstrapConfig:
         return {f.name: f.metadata["help"] for f in fields(BootstrapConfig)}
 
 
+# The demo's and the tests' tiny model. It stops on a step count, not on the clock, so its quality does not depend on
+# how busy the machine is; 300 steps is what it takes on this corpus for most greedy samples to parse.
+TINY_MODEL = BootstrapConfig(documents=6000, batch_size=8, max_steps=300, seconds=900)
+
+
 def is_bootstrap_output(path: Path) -> bool:
     return (path / METADATA).is_file()
 

@@ -20,12 +20,9 @@ from core import migrate
 from core.db import get_engine, session_scope
 from core.projects import Role, create_key, create_project
 from core.settings import Settings
-from demo.bootstrap import BootstrapConfig, bootstrap, is_bootstrap_output
+from demo.bootstrap import TINY_MODEL, bootstrap, is_bootstrap_output
 
 PG_ADMIN = os.environ.get("EDITLOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-# It stops on a step count, not on the clock, so its quality does not depend on how busy the machine is. 300 steps is
-# what it takes on this corpus for most greedy samples to parse.
-TINY_MODEL = BootstrapConfig(documents=6000, batch_size=8, max_steps=300, seconds=900)
 
 
 @pytest.fixture(scope="session")

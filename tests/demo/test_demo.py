@@ -13,8 +13,10 @@ from core.db import session_scope
 from core.errors import InvalidInput
 from core.migrate import upgrade
 from core.settings import Settings
+from demo.editors import react
 from demo.restyle import restyle
-from demo.run import TASTES, load_taste, react, run_demo
+from demo.run import run_demo
+from demo.tastes import TASTES, load_taste
 from feedback.models import Generation
 
 CAMEL_UNTYPED = "def addAll(itemList):\n    return sum(itemList)\n"
