@@ -2,11 +2,9 @@
 
 A byte-level BPE tokenizer is trained on the synthetic style corpus (`demo.corpus`), then a tiny Llama is
 pretrained on the same corpus for a time budget, so its samples look like code and it is neutral on every style
-axis: a preference learned later shows up as a change, not as a prior. Recipe and measurements:
-shared/notes/ml-on-cpu.md, section 1.
+axis: a preference learned later shows up as a change, not as a prior.
 
-Importing this module is cheap (the CLI reads `BootstrapConfig` for its help); torch, transformers and TRL are
-imported inside the functions that need them.
+Importing this module is cheap: torch, transformers and TRL are imported inside the functions that need them.
 """
 
 import json
@@ -30,8 +28,7 @@ from ml.environment import library_versions
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# OpenMP threads that spin while they wait collapse when other processes share the cores. On 2 cores at load 4, one
-# training step (8 x 256 tokens) took 0.85 s with libgomp's default or ACTIVE policy and 0.38 s with PASSIVE.
+# OpenMP threads that spin while they wait collapse when other processes share the cores; PASSIVE threads sleep.
 # libgomp reads this once, when torch loads, so it only helps if torch is not imported yet.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -70,7 +67,7 @@ class BootstrapConfig:
     batch_size: int = field(
         default=8,
         metadata={"help": "Packed sequences of `max_length` tokens per step. 8 rather than 16: for the same tokens "
-                  "and CPU time, twice the steps gave held-out loss 1.00 instead of 1.48."},
+                  "and CPU time, twice the steps reached a lower held-out loss."},
     )  # fmt: skip
     max_length: int = field(default=256, metadata={"help": "Tokens per packed training sequence."})
     warmup_steps: int = field(default=20, metadata={"help": "Linear learning-rate warmup steps."})
@@ -273,7 +270,7 @@ def bootstrap(
                 output_dir=scratch,
                 max_length=config.max_length,
                 packing=True,
-                packing_strategy="wrapped",  # the default "bfd" is padding-free: 3-4x slower on CPU
+                packing_strategy="wrapped",  # the default "bfd" is padding-free, which is slower on CPU
                 per_device_train_batch_size=config.batch_size,
                 learning_rate=config.learning_rate,
                 lr_scheduler_type="constant_with_warmup",

@@ -84,7 +84,7 @@ def test_one_round_through_the_gateway_and_the_pipeline(tiny_model: Path, tmp_pa
         Console(width=120, record=True),
         taste="pep8",
         rounds=1,
-        requests=24,  # with 12, on an AVX2 CPU the eval split (the newest 10% of prompts) held no edit to evaluate
+        requests=24,  # not 12: then the eval split (the newest 10% of prompts) may hold no edit to evaluate
         users=2,
         model_dir=tiny_model,
         out_dir=tmp_path / "out",
