@@ -4,7 +4,6 @@ It takes arbitrary code, model output included (truncated, broken, not Python at
 the worst case is the code handed back unchanged.
 """
 
-import ast
 import builtins
 import keyword
 import re
@@ -30,6 +29,7 @@ from demo.tokens import (
     to_snake,
     top_level_comma,
 )
+from feedback.syntax import parses
 
 _Edit = tuple[int, int, str]
 
@@ -538,14 +538,6 @@ _RESTYLERS: dict[str, Callable[[str, Any], str]] = {
 }
 
 
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-        return True
-    except Exception:  # SyntaxError, ValueError (null bytes), RecursionError on absurd nesting
-        return False
-
-
 def restyle(code: str, **axes: object) -> str:
     """Rewrite `code` towards the given axis values, e.g. restyle(code, naming="snake", quotes="single").
 
@@ -562,8 +554,8 @@ def restyle(code: str, **axes: object) -> str:
         except Exception:  # a rewrite bug must never lose the user's code
             continue
         if new != code:
-            valid = _parses(code) if valid is None else valid
-            if valid and not _parses(new):
+            valid = parses(code) if valid is None else valid
+            if valid and not parses(new):
                 continue
             code = new
     return code
