@@ -324,10 +324,10 @@ def adapters_metrics(
     """Live metrics of a served version from the feedback on its own generations: acceptance rate (accepted and
     never edited) and edit rate over the generations with feedback, with Wilson 95% intervals, and the mean
     normalized edit distance of its edited generations with a bootstrap 95% interval."""
-    from trainers import live
+    from trainers import canary
 
     with project_scope(project) as (session, found):
-        m = live.version_metrics(session, found.id, ref, since)
+        m = canary.version_metrics(session, found.id, ref, since)
     title = ref if ref == m["model"] else f"{ref} ({m['model']})"
     table = Table("metric", "value", title=title + (f" since {m['since']:%Y-%m-%d %H:%M}" if since else ""))
     for key in ("served", "with_feedback", "accepted", "edited", "rejected"):
@@ -353,10 +353,10 @@ def adapters_compare(
     edit rates by a two-proportion z-test (Fisher's exact test for small counts), edit distances by a Mann-Whitney
     U test. Each row names its test, statistic and p-value; the verdict is about A. The canary policy acts on the
     acceptance rate's verdict."""
-    from trainers import live
+    from trainers import canary
 
     with project_scope(project) as (session, found):
-        c = live.compare(session, found.id, a, b, since=since, alpha=alpha, min_samples=min_samples)
+        c = canary.compare(session, found.id, a, b, since=since, alpha=alpha, min_samples=min_samples)
     names = f"{a} ({c['a']['model']})", f"{b} ({c['b']['model']})"
     table = Table(
         "metric",

@@ -250,7 +250,7 @@ def evaluate(model: Any, tok: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """The same held-out figures for both sides: the implicit reward's pairwise accuracy and margin, and how often
     greedy completions of held-out prompts follow the rule (adapter on, and off: the base, a cross-check)."""
     from demo.style import follows
-    from trainers.evaluation import generate, implicit_reward_accuracy
+    from trainers.metrics import generate, implicit_reward_accuracy
 
     held = spec["held_out"]
     prompts, chosen, rejected = ([r[k] for r in held] for k in ("prompt", "chosen", "rejected"))
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs/s over trainer setup + training (the headline: setup includes tokenization and the reference "
             "precompute) and over the training loop alone; peak RSS (ru_maxrss), RSS after imports + model load and "
             "the increase during training (on CUDA: torch.cuda.max_memory_allocated, and MFU from 6 * params * real "
-            "tokens); held-out implicit-reward accuracy and margin (trainers.evaluation.implicit_reward_accuracy) and"
+            "tokens); held-out implicit-reward accuracy and margin (trainers.metrics.implicit_reward_accuracy) and"
             " the rate at which greedy completions follow the rule (demo.style.follows). The model is a randomly"
             " initialised Llama with a BPE tokenizer trained on the synthetic corpus (or --model PATH), so rule rates"
             " mostly say 'cannot tell': compare the reward figures. Target: ours >= 1.5x pairs/s at <= 0.6x peak "

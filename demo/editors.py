@@ -27,7 +27,7 @@ def react(code: str, taste: Taste) -> Reaction:
     """What a user with this taste does with generated code: rejects code that does not parse, accepts code the
     taste leaves as it is, and otherwise edits it to taste."""
     from feedback.syntax import parses
-    from trainers.evaluation import normalized_edit_distance
+    from trainers.metrics import normalized_edit_distance
 
     if not parses(code):
         return Reaction("rejected", None, None)

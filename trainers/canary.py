@@ -14,7 +14,7 @@ any `edited` event arrived (whatever the decision), else the latest decision, `a
   did), with a Wilson score 95% interval;
 - **edit distance**: mean normalized Levenshtein distance between an edited generation and the user's final text
   (0 identical, 1 nothing in common; lower is better), over edited generations that have one (a generation in an
-  excluded path keeps no text, hence no distance), with a percentile bootstrap 95% interval (evaluation.mean_ci;
+  excluded path keeps no text, hence no distance), with a percentile bootstrap 95% interval (metrics.mean_ci;
   a normal interval above `BOOTSTRAP_MAX` values, where the two agree and the bootstrap would only cost time).
 
 `compare` tests two versions' difference: acceptance and edit rates by a two-proportion z-test (Fisher's exact test
@@ -43,7 +43,7 @@ from feedback.fold import settle
 from feedback.models import Generation
 from trainers import registry
 from trainers.config import model_settings
-from trainers.evaluation import mean_ci
+from trainers.metrics import mean_ci
 from trainers.models import AdapterAlias
 
 BASE = "base"

@@ -1,24 +1,15 @@
-"""Evaluating a freshly trained version on its snapshot's eval split, before it is registered; the figures are
-stored on the version (and in its manifest). trainers.evaluation holds the metrics themselves."""
+"""Evaluating a freshly trained policy version on its snapshot's eval split, before it is registered; the figures are
+stored on the version (and in its manifest). trainers.metrics holds the metrics themselves; a reward model is
+evaluated by rewards.evaluation."""
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainers import evaluation as ev
+from trainers import metrics
 
 
-def reward_model(model: Any, tokenizer: Any, pairs: list[dict[str, str]]) -> dict[str, Any]:
-    """Held-out preference accuracy of the reward model, beside "longer wins" / "shorter wins"."""
-    if not pairs:
-        return {"examples": 0}
-    result = ev.reward_accuracy(
-        model, tokenizer, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs]
-    )
-    return {"examples": len(pairs), "reward_accuracy": result}
-
-
-def policy(
+def evaluate_policy(
     model: Any,
     tokenizer: Any,
     pairs: list[dict[str, Any]],
@@ -36,7 +27,7 @@ def policy(
     generations on the held-out prompts (`reward_model_score`, candidate minus the others paired per prompt)."""
     out: dict[str, Any] = {"examples": {"pairs": len(pairs), "replay": len(replay)}}
     if pairs:
-        out["implicit_reward"] = ev.implicit_reward_accuracy(
+        out["implicit_reward"] = metrics.implicit_reward_accuracy(
             model,
             tokenizer,
             [p["prompt"] for p in pairs],
@@ -49,8 +40,8 @@ def policy(
     prompts = [r["prompt"] for r in replay]
     finals = [r["completion"] for r in replay]
     generated = {
-        "candidate": ev.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens),
-        "base": ev.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, adapter_disabled=True),
+        "candidate": metrics.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens),
+        "base": metrics.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, adapter_disabled=True),
     }
     if production is not None:
         name, path = production
@@ -58,18 +49,18 @@ def policy(
         model.load_adapter(str(path), adapter_name="production")
         try:
             model.set_adapter("production")
-            generated["production"] = ev.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+            generated["production"] = metrics.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
         finally:
             model.set_adapter("default")
             model.delete_adapter("production")
         out["production_version"] = name
-    scored = {system: ev.edit_replay(texts, finals) for system, texts in generated.items()}
+    scored = {system: metrics.edit_replay(texts, finals) for system, texts in generated.items()}
     out["edit_replay"] = {system: {k: v for k, v in s.items() if k != "distances"} for system, s in scored.items()}
-    out["edit_replay_vs"] = ev.compare_replay(
+    out["edit_replay_vs"] = metrics.compare_replay(
         scored["candidate"], {k: v for k, v in scored.items() if k != "candidate"}
     )
     python = [i for i, r in enumerate(replay) if r.get("editloop_python")]
-    flags = {system: [ev.parses(texts[i]) for i in python] for system, texts in generated.items()}
+    flags = {system: [metrics.parses(texts[i]) for i in python] for system, texts in generated.items()}
     out["parse_rate"] = {system: {"rate": sum(f) / len(f) if f else None, "n": len(f)} for system, f in flags.items()}
     per_example = []
     for i, row in enumerate(replay):
@@ -78,13 +69,13 @@ def policy(
             prefix = "" if system == "candidate" else f"{system}_"
             entry[f"{prefix}distance"] = s["distances"][i]
             if row.get("editloop_python"):
-                entry[f"{prefix}parses"] = 1.0 if ev.parses(generated[system][i]) else 0.0
+                entry[f"{prefix}parses"] = 1.0 if metrics.parses(generated[system][i]) else 0.0
         per_example.append(entry)
     if score is not None:
         rewarded = {system: [float(x) for x in score(prompts, texts)] for system, texts in generated.items()}
-        out["reward_model_score"] = {system: ev.mean_ci(values) for system, values in rewarded.items()}
+        out["reward_model_score"] = {system: metrics.mean_ci(values) for system, values in rewarded.items()}
         out["reward_model_score_vs"] = {
-            system: ev.paired_difference(rewarded["candidate"], values)
+            system: metrics.paired_difference(rewarded["candidate"], values)
             for system, values in rewarded.items()
             if system != "candidate"
         }

@@ -1,27 +1,35 @@
-"""What a run does once claimed: load its snapshot, train (a reward model, a policy, or the whole pipeline),
-evaluate, register. Called by trainers.runs.execute with no transaction open; each database touch is short."""
+"""What a claimed run does: load its snapshot, train (a reward model, a policy, or the whole pipeline), evaluate,
+register. Every kind of run goes through `train_and_register`, called by trainers.runs.execute with no transaction
+open; each database touch is short."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from core.db import session_scope
-from core.errors import InvalidInput
+from core.errors import Conflict, InvalidInput
 from core.projects import Project
 from core.settings import Settings
+from feedback import texts
+from feedback.models import Generation, SnapshotRow
 from feedback.snapshots import get_snapshot
+from feedback.syntax import is_python
 from ml.environment import offline_env, set_threads
 from ml.loading import load_model, load_tokenizer, resolve_quantization
 from ml.trl_run import Trained
 from rewards import training as reward_training
 from rewards.config import RewardRunConfig
+from rewards.evaluation import evaluate_reward_model
 from rewards.functions import RewardModelScore, load_reward_model
-from trainers import assess, registry
+from trainers import registry
 from trainers.config import PipelineRunConfig, model_settings, run_config
 from trainers.data import as_text, load_rows
+from trainers.evaluate_version import evaluate_policy
 from trainers.methods import dpo, kto, online, sft
-from trainers.models import TrainingRun
+from trainers.models import AdapterVersion, TrainingRun
+from trainers.run_context import Cancelled, RunContext, RunReporter, staging_for
 
 METHODS: dict[str, Callable[..., Trained]] = {
     "dpo": dpo.train,
@@ -34,21 +42,8 @@ METHODS: dict[str, Callable[..., Trained]] = {
 FAMILY = {"dpo": "preference", "combined": "preference", "kto": "kto", "sft": "sft", "grpo": "online", "rloo": "online"}
 
 
-@dataclass
-class Context:
-    url: str
-    settings: Settings
-    run_id: int
-    project_id: int
-    project_name: str
-    base_model: str
-    base_revision: str | None
-    auto_promote: str
-    snapshot: Any  # a detached DatasetSnapshot
-    reporter: Any  # trainers.runs.RunReporter
-
-
-def run(url: str, run_id: int, settings: Settings, reporter: Any, staging_parent: Path) -> tuple[list[int], dict]:
+def train_and_register(url: str, run_id: int, settings: Settings, reporter: RunReporter) -> tuple[list[int], dict]:
+    """Train, evaluate and register what the run's kind asks for; returns (the version ids registered, metrics)."""
     with session_scope(url) as session:
         row = session.get(TrainingRun, run_id)
         assert row is not None
@@ -62,7 +57,7 @@ def run(url: str, run_id: int, settings: Settings, reporter: Any, staging_parent
         snapshot = get_snapshot(session, row.project_id, row.snapshot_id)
         session.expunge(snapshot)
         kind, config_data = row.kind, row.config
-        ctx = Context(
+        ctx = RunContext(
             url,
             settings,
             run_id,
@@ -86,7 +81,7 @@ def run(url: str, run_id: int, settings: Settings, reporter: Any, staging_parent
     return [version_id], metrics
 
 
-def _pipeline(ctx: Context, config: PipelineRunConfig) -> tuple[list[int], dict[str, Any]]:
+def _pipeline(ctx: RunContext, config: PipelineRunConfig) -> tuple[list[int], dict[str, Any]]:
     ids: list[int] = []
     metrics: dict[str, Any] = {}
     if config.train_reward_model:
@@ -100,15 +95,13 @@ def _pipeline(ctx: Context, config: PipelineRunConfig) -> tuple[list[int], dict[
     return ids, metrics
 
 
-def _rows(ctx: Context, family: str, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+def _rows(ctx: RunContext, family: str, split: str, limit: int | None = None) -> list[dict[str, Any]]:
     with session_scope(ctx.url) as session:
         return load_rows(session, ctx.project_id, ctx.snapshot.id, family, split, limit=limit)
 
 
-def _reward(ctx: Context, config: Any, stage: str = "reward") -> tuple[int, dict[str, Any]]:
+def _reward(ctx: RunContext, config: Any, stage: str = "reward") -> tuple[int, dict[str, Any]]:
     from transformers import set_seed
-
-    from trainers.runs import Cancelled, staging_for
 
     ctx.reporter.set_stage(f"{stage}: loading")
     tokenizer = load_tokenizer(ctx.base_model, ctx.base_revision)
@@ -130,17 +123,15 @@ def _reward(ctx: Context, config: Any, stage: str = "reward") -> tuple[int, dict
     if ctx.reporter.cancelled:
         raise Cancelled("cancelled while training the reward model; nothing was registered")
     ctx.reporter.set_stage(f"{stage}: evaluation")
-    evaluation = assess.reward_model(trained.model, tokenizer, eval_rows)
+    evaluation = evaluate_reward_model(trained.model, tokenizer, eval_rows)
     staging = staging_for(ctx.settings, ctx.run_id, "reward")
     trained.model.save_pretrained(str(staging))
     metrics = {"train": trained.metrics, "eval": evaluation}
     return _register(ctx, staging, "reward", "reward", parent, config, metrics), metrics
 
 
-def _policy(ctx: Context, kind: str, config: Any) -> tuple[int, dict[str, Any]]:
+def _policy(ctx: RunContext, kind: str, config: Any) -> tuple[int, dict[str, Any]]:
     from transformers import set_seed
-
-    from trainers.runs import Cancelled, staging_for
 
     ctx.reporter.set_stage(f"{kind}: loading")
     family = FAMILY[kind]
@@ -161,7 +152,7 @@ def _policy(ctx: Context, kind: str, config: Any) -> tuple[int, dict[str, Any]]:
     )
     replay = _replay_rows(ctx, tokenizer, limit) if limit else []
     parent, init = _start(ctx, config, "policy")
-    production = registry_production(ctx)
+    production = _production_version(ctx)
     if scorer_version is not None:  # a second copy of the base, merged with the reward model's LoRA and head
         extra["reward_model"] = RewardModelScore(
             load_reward_model(ctx.base_model, ctx.base_revision, str(scorer_version[1]), tokenizer), tokenizer
@@ -179,7 +170,7 @@ def _policy(ctx: Context, kind: str, config: Any) -> tuple[int, dict[str, Any]]:
     if ctx.reporter.cancelled:
         raise Cancelled(f"cancelled while training ({kind}); nothing was registered")
     ctx.reporter.set_stage(f"{kind}: evaluation")
-    evaluation = assess.policy(
+    evaluation = evaluate_policy(
         trained.model,
         tokenizer,
         eval_pairs,
@@ -195,7 +186,7 @@ def _policy(ctx: Context, kind: str, config: Any) -> tuple[int, dict[str, Any]]:
     return _register(ctx, staging, "policy", kind, parent, config, metrics), metrics
 
 
-def _reward_version(ctx: Context) -> tuple[str, Path]:
+def _reward_version(ctx: RunContext) -> tuple[str, Path]:
     """The project's latest reward model version (name, checksum-verified directory) that online RL scores with."""
     with session_scope(ctx.url) as session:
         version = registry.latest(session, ctx.project_id, "reward")
@@ -207,16 +198,10 @@ def _reward_version(ctx: Context) -> tuple[str, Path]:
         return version.name, registry.verified_path(version)
 
 
-def _online_prompts(ctx: Context, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
+def _online_prompts(ctx: RunContext, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
     """The prompts online RL practises on: the project's logged generations up to the snapshot, most recent first,
     one per distinct prompt, none whose prompt is in the snapshot's eval split (the evaluation's prompts), none
     excluded. Chat prompts go through the tokenizer's chat template (skipped when it has none)."""
-    from sqlalchemy import select
-
-    from feedback import texts
-    from feedback.models import Generation, SnapshotRow
-    from trainers.data import is_python
-
     held_out = select(SnapshotRow.prompt_hash).where(
         SnapshotRow.snapshot_id == ctx.snapshot.id, SnapshotRow.split == "eval"
     )
@@ -253,14 +238,14 @@ def _online_prompts(ctx: Context, tokenizer: Any, limit: int) -> list[dict[str, 
     return out
 
 
-def _replay_rows(ctx: Context, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
+def _replay_rows(ctx: RunContext, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
     """Held-out prompts and what the user finally kept for them (the eval split's SFT rows)."""
     rows = _rows(ctx, "sft", "eval", limit)
     fields = ("prompt", "completion", "editloop_source_key", "editloop_python")
     return as_text(rows, tokenizer, fields)
 
 
-def _start(ctx: Context, config: Any, kind: str) -> tuple[Any, str | None]:
+def _start(ctx: RunContext, config: Any, kind: str) -> tuple[Any, str | None]:
     """(parent version, its verified directory) when continuing, else (None, None). A policy continues production;
     a reward model continues the latest reward model."""
     if config.start_from != "production":
@@ -278,7 +263,7 @@ def _start(ctx: Context, config: Any, kind: str) -> tuple[Any, str | None]:
     return parent, str(registry.verified_path(parent))
 
 
-def registry_production(ctx: Context) -> tuple[str, Path] | None:
+def _production_version(ctx: RunContext) -> tuple[str, Path] | None:
     with session_scope(ctx.url) as session:
         production = registry.alias_version(session, ctx.project_id, "production")
         if production is None:
@@ -286,7 +271,7 @@ def registry_production(ctx: Context) -> tuple[str, Path] | None:
         return production.name, registry.verified_path(production)
 
 
-def _register(ctx: Context, staging: Path, kind: str, method: str, parent: Any, config: Any, metrics: dict) -> int:
+def _register(ctx: RunContext, staging: Path, kind: str, method: str, parent: Any, config: Any, metrics: dict) -> int:
     """Publish and insert the version, and note it on the run, in one transaction."""
     with session_scope(ctx.url) as session:
         version = registry.register(
@@ -310,12 +295,8 @@ def _register(ctx: Context, staging: Path, kind: str, method: str, parent: Any, 
         return version.id
 
 
-def _auto_promote(ctx: Context, version_id: int) -> dict[str, Any]:
-    from core.errors import Conflict
-
+def _auto_promote(ctx: RunContext, version_id: int) -> dict[str, Any]:
     with session_scope(ctx.url) as session:
-        from trainers.models import AdapterVersion
-
         version = session.get(AdapterVersion, version_id)
         assert version is not None
         try:

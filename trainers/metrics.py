@@ -1,19 +1,17 @@
-"""Evaluation of a trained adapter version on a dataset snapshot's eval split. Plain functions, deterministic
-(greedy decoding, seeded bootstrap); torch is imported only inside the functions that run a model, so the
-statistics can be used (by the promotion gate) without the ML extras installed.
+"""The offline metrics of a trained policy on a dataset snapshot's eval split (trainers.evaluate_version runs them
+on a fresh version; trainers.canary measures served versions on live feedback instead). Plain functions,
+deterministic (greedy decoding, seeded bootstrap); torch is imported only inside the functions that run a model, so
+the statistics can be used (by the promotion gate) without the ML extras installed.
 
 How to read each metric:
 - **Edit replay** (`edit_replay`, `compare_replay`): for each eval prompt, the normalized Levenshtein distance between
   what the model generates and what the user finally kept (0 identical, 1 nothing in common). Lower is better. The
   per-example `distances` let two systems on the same prompts be compared pairwise: `compare_replay` gives
   candidate minus other, so a negative difference means the candidate lands closer to what users keep.
-- **Reward accuracy** (`reward_accuracy`): share of held-out pairs where the reward model scores the chosen text above
-  the rejected one (ties count half), and the mean score margin. Read it against the baselines: on edit-feedback
-  data "the longer one wins" alone can be well above 0.5, and a reward model that does not beat it has likely
-  learned length.
-- **Implicit reward accuracy** (`implicit_reward_accuracy`): the same for a DPO policy, whose implicit reward is
-  `beta * (log p_policy(completion) - log p_reference(completion))`, the reference being the base (the same
-  PeftModel with its adapter disabled). 0.5 with margin 0 is what an untrained adapter gives.
+- **Implicit reward accuracy** (`implicit_reward_accuracy`): the reward accuracy of rewards.evaluation for a DPO
+  policy, whose implicit reward is `beta * (log p_policy(completion) - log p_reference(completion))`, the reference
+  being the base (the same PeftModel with its adapter disabled). 0.5 with margin 0 is what an untrained adapter
+  gives.
 - **Parse rate** (`parse_rate`): share of Python texts that `ast.parse` accepts. A completion of a partial file may
   not parse alone; pass prompt + completion when the prompt is the start of the file.
 - **Confidence intervals** (`mean_ci`, `paired_difference`): percentile bootstrap. `paired_difference` resamples the
@@ -32,7 +30,7 @@ from typing import Any
 from rapidfuzz.distance import Levenshtein
 
 from feedback.syntax import parses
-from rewards.functions import reward_scores
+from rewards.evaluation import pairwise_accuracy, preference_baselines
 
 # --- statistics --------------------------------------------------------------------------------------------------
 
@@ -137,35 +135,6 @@ def parse_rate(texts: Sequence[str]) -> dict[str, Any]:
     return {"rate": ok / len(texts) if texts else None, "n": len(texts)}
 
 
-def _pair_outcome(chosen: float, rejected: float) -> float:
-    return 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
-
-
-def preference_baselines(chosen: Sequence[str], rejected: Sequence[str]) -> dict[str, Any]:
-    """Accuracy of the rules "the longer text wins" and "the shorter text wins" (characters; ties count half)."""
-    if len(chosen) != len(rejected):
-        raise ValueError(f"chosen and rejected differ in length: {len(chosen)} != {len(rejected)}")
-    n = len(chosen)
-    if n == 0:
-        return {"longer_wins": None, "shorter_wins": None, "n": 0}
-    longer = math.fsum(_pair_outcome(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)) / n
-    shorter = math.fsum(_pair_outcome(len(r), len(c)) for c, r in zip(chosen, rejected, strict=True)) / n
-    return {"longer_wins": longer, "shorter_wins": shorter, "n": n}
-
-
-def _pairwise(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> dict[str, Any]:
-    outcomes = [_pair_outcome(c, r) for c, r in zip(chosen_scores, rejected_scores, strict=True)]
-    margins = [c - r for c, r in zip(chosen_scores, rejected_scores, strict=True)]
-    n = len(outcomes)
-    return {
-        "accuracy": math.fsum(outcomes) / n if n else None,
-        "mean_margin": math.fsum(margins) / n if n else None,
-        "ties": sum(o == 0.5 for o in outcomes),
-        "n": n,
-        "outcomes": outcomes,
-    }
-
-
 # --- running models ----------------------------------------------------------------------------------------------
 
 
@@ -220,35 +189,6 @@ def _use_adapter(model: Any, name: str) -> Iterator[Any]:
         model.set_adapter(previous)
         for param_name, p in model.named_parameters():
             p.requires_grad_(flags[param_name])
-
-
-def reward_accuracy(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str] | None,
-    chosen: Sequence[str],
-    rejected: Sequence[str],
-    batch_size: int = 16,
-    max_length: int = 512,
-) -> dict[str, Any]:
-    """Pairwise accuracy of a reward model on held-out pairs. `prompts` None means chosen/rejected are full texts
-    (implicit-prompt format); otherwise each side is scored as prompt + completion, as RewardTrainer concatenates.
-
-    Returns {accuracy, mean_margin, ties, n, outcomes, baselines}: accuracy with ties counted half; margin =
-    score(chosen) - score(rejected); `outcomes` per pair (1, 0.5, 0) for `paired_difference` between two reward models;
-    `baselines` from `preference_baselines` on the completions."""
-    if len(chosen) != len(rejected) or (prompts is not None and len(prompts) != len(chosen)):
-        raise ValueError("prompts, chosen and rejected must have the same length")
-    prefix = list(prompts) if prompts is not None else [""] * len(chosen)
-    n = len(chosen)
-    scores = reward_scores(
-        model,
-        tokenizer,
-        [p + c for p, c in zip(prefix, chosen, strict=True)] + [p + r for p, r in zip(prefix, rejected, strict=True)],
-        batch_size=batch_size,
-        max_length=max_length,
-    )
-    return {**_pairwise(scores[:n], scores[n:]), "baselines": preference_baselines(chosen, rejected)}
 
 
 def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -354,7 +294,7 @@ def implicit_reward_accuracy(
     chosen_rewards, rejected_rewards = rewards[0::2], rewards[1::2]
     n = len(chosen_rewards)
     return {
-        **_pairwise(chosen_rewards, rejected_rewards),
+        **pairwise_accuracy(chosen_rewards, rejected_rewards),
         "chosen_reward": math.fsum(chosen_rewards) / n if n else None,
         "rejected_reward": math.fsum(rejected_rewards) / n if n else None,
         "baselines": preference_baselines(chosen, rejected),

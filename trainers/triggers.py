@@ -16,6 +16,7 @@ from feedback.models import DatasetSnapshot, TrainingRow
 from feedback.snapshots import cut_snapshot, dataset_config
 from trainers.config import model_settings, run_config
 from trainers.models import ACTIVE, TrainingRun
+from trainers.runs import TASK
 
 
 def new_rows_since_snapshot(session: Session, project_id: int) -> int:
@@ -41,7 +42,9 @@ def due_trigger(session: Session, project: Project, now: datetime) -> str | None
     return None
 
 
-def start_run(session: Session, project_id: int, trigger: str, now: datetime | None = None) -> TrainingRun | None:
+def queue_pipeline_run(
+    session: Session, project_id: int, trigger: str, now: datetime | None = None
+) -> TrainingRun | None:
     """Cut a snapshot and record a queued pipeline run, unless the project already has an active run."""
     now = now or utcnow()
     active = select(TrainingRun.id).where(TrainingRun.project_id == project_id, TrainingRun.status.in_(ACTIVE))
@@ -70,7 +73,7 @@ def start_run(session: Session, project_id: int, trigger: str, now: datetime | N
             session.flush()
     except IntegrityError:
         return None  # another trigger got there first: the unique index keeps one active run
-    send_after_commit(session, "trainers.run_training", run.id, queue="gpu")
+    send_after_commit(session, TASK, run.id, queue="gpu")
     return run
 
 
@@ -80,4 +83,4 @@ def check_trigger(session: Session, project_id: int, now: datetime | None = None
     if project is None:
         return None
     trigger = due_trigger(session, project, now)
-    return start_run(session, project_id, trigger, now) if trigger else None
+    return queue_pipeline_run(session, project_id, trigger, now) if trigger else None

@@ -17,7 +17,7 @@ from core.errors import NotFound
 from core.projects import Project, create_project
 from core.settings import Settings
 from feedback.service import ingest
-from trainers import live, registry, tasks
+from trainers import canary, registry, tasks
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 COMPLETION = "abcdefghij"  # 10 characters: replacing k of them is a normalized edit distance of k / 10
@@ -156,53 +156,53 @@ def send(url: str, project_id: int, events: list[dict[str, Any]]) -> None:
 def production_and_canary(url: str, root: Path, project_id: int, adapter: Path) -> tuple[str, str]:
     """v1 production since a day before T0, v2 canary since T0."""
     with session_scope(url) as session:
-        prod, canary = publish(session, root, project_id, adapter), publish(session, root, project_id, adapter)
+        prod, canary_name = publish(session, root, project_id, adapter), publish(session, root, project_id, adapter)
         registry.promote(session, project_id, prod, actor="t", now=T0 - timedelta(days=1))
-        registry.promote(session, project_id, canary, alias="canary", actor="t", now=T0)
-    return prod, canary
+        registry.promote(session, project_id, canary_name, alias="canary", actor="t", now=T0)
+    return prod, canary_name
 
 
 # --- statistics -----------------------------------------------------------------------------------------------------
 
 
 def test_wilson_interval_known_values() -> None:
-    r = live.wilson(50, 100)
+    r = canary.wilson(50, 100)
     assert (
         r["rate"] == 0.5
         and r["low"] == pytest.approx(0.40383, abs=1e-4)
         and r["high"] == pytest.approx(0.59617, abs=1e-4)
     )
-    r = live.wilson(0, 10)
+    r = canary.wilson(0, 10)
     assert r["low"] == 0.0 and r["high"] == pytest.approx(0.27753, abs=1e-4)
-    r = live.wilson(30, 100)
+    r = canary.wilson(30, 100)
     assert (r["low"], r["high"]) == pytest.approx((0.21887, 0.39585), abs=1e-4)
-    assert live.wilson(0, 0)["rate"] is None
+    assert canary.wilson(0, 0)["rate"] is None
 
 
 def test_two_proportion_tests_known_values() -> None:
-    z = live.two_proportions(60, 100, 40, 100)
+    z = canary.two_proportions(60, 100, 40, 100)
     assert z["method"].startswith("two-proportion z-test")
     assert z["statistic"] == pytest.approx(2.82843, abs=1e-4) and z["p_value"] == pytest.approx(0.004678, abs=1e-5)
     # The lady tasting tea: 3 of 4 against 1 of 4, two-sided p = 34/70.
-    fisher = live.two_proportions(3, 4, 1, 4)
+    fisher = canary.two_proportions(3, 4, 1, 4)
     assert fisher["method"].startswith("Fisher's exact test") and fisher["statistic"] == pytest.approx(9.0)
     assert fisher["p_value"] == pytest.approx(34 / 70)
-    assert live.two_proportions(8, 10, 1, 6)["p_value"] == pytest.approx(0.034965, abs=1e-5)
-    assert live.two_proportions(3, 3, 0, 3)["statistic"] is None  # a zero cell: no finite odds ratio
-    assert live.two_proportions(1, 2, 0, 0)["p_value"] is None
+    assert canary.two_proportions(8, 10, 1, 6)["p_value"] == pytest.approx(0.034965, abs=1e-5)
+    assert canary.two_proportions(3, 3, 0, 3)["statistic"] is None  # a zero cell: no finite odds ratio
+    assert canary.two_proportions(1, 2, 0, 0)["p_value"] is None
 
 
 def test_mann_whitney_exact_and_normal_known_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    r = live.mann_whitney([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    r = canary.mann_whitney([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
     assert r["statistic"] == 0 and r["p_value"] == pytest.approx(0.1) and "exact over 20" in r["method"]
     males, females = [19.0, 22.0, 16.0, 29.0, 24.0], [20.0, 11.0, 17.0, 12.0]
-    r = live.mann_whitney(males, females)
+    r = canary.mann_whitney(males, females)
     assert r["statistic"] == 17 and r["p_value"] == pytest.approx(14 / 126)
-    monkeypatch.setattr(live, "EXACT_MAX_ARRANGEMENTS", 0)
-    r = live.mann_whitney(males, females)
+    monkeypatch.setattr(canary, "EXACT_MAX_ARRANGEMENTS", 0)
+    r = canary.mann_whitney(males, females)
     assert "normal approximation" in r["method"] and r["p_value"] == pytest.approx(0.111347, abs=1e-5)
-    assert live.mann_whitney([0.5] * 30, [0.5] * 30)["p_value"] == 1.0
-    assert live.mann_whitney([], [0.1])["p_value"] is None
+    assert canary.mann_whitney([0.5] * 30, [0.5] * 30)["p_value"] == 1.0
+    assert canary.mann_whitney([], [0.1])["p_value"] is None
 
 
 # --- metrics from ingested feedback ----------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_version_metrics_from_known_counts(db_url: str, tmp_path: Path, adapter:
     send(db_url, pid, served("base", rejected=4))
 
     with session_scope(db_url) as session:
-        m = live.version_metrics(session, pid, "production")
+        m = canary.version_metrics(session, pid, "production")
         assert (m["model"], m["served"], m["with_feedback"]) == (v1, 115, 105)
         assert (m["accepted"], m["edited"], m["rejected"]) == (55, 30, 20)
         assert m["acceptance_rate"]["rate"] == pytest.approx(55 / 105)
@@ -227,27 +227,27 @@ def test_version_metrics_from_known_counts(db_url: str, tmp_path: Path, adapter:
         assert m["edit_distance"]["mean"] == pytest.approx(0.2) and m["edit_distance"]["n"] == 30
         assert 0.1 < m["edit_distance"]["low"] < 0.2 < m["edit_distance"]["high"] < 0.3
 
-        window = live.version_metrics(session, pid, v1, since=T0 + timedelta(minutes=30))
+        window = canary.version_metrics(session, pid, v1, since=T0 + timedelta(minutes=30))
         assert (window["served"], window["accepted"], window["edited"]) == (5, 5, 0)
         assert window["acceptance_rate"]["rate"] == 1.0 and window["edit_distance"]["mean"] is None
-        naive = live.version_metrics(session, pid, v1, since=datetime(2026, 11, 2, 9, 30))
+        naive = canary.version_metrics(session, pid, v1, since=datetime(2026, 11, 2, 9, 30))
         assert naive["served"] == 5
 
-        base = live.version_metrics(session, pid, "base")
+        base = canary.version_metrics(session, pid, "base")
         assert (base["served"], base["rejected"], base["acceptance_rate"]["rate"]) == (4, 4, 0.0)
         with pytest.raises(NotFound, match="'v9'"):
-            live.version_metrics(session, pid, "v9")
+            canary.version_metrics(session, pid, "v9")
         with pytest.raises(NotFound, match="canary"):
-            live.version_metrics(session, pid, "canary")
+            canary.version_metrics(session, pid, "canary")
 
 
 def test_compare_names_its_tests_and_judges(db_url: str, tmp_path: Path, adapter: Path) -> None:
     pid = new_project(db_url, min_samples=20)
-    prod, canary = production_and_canary(db_url, tmp_path, pid, adapter)
-    send(db_url, pid, served(canary, accepted=40, rejected=10, edited=[1] * 25, start=T0 + timedelta(hours=1)))
+    prod, canary_name = production_and_canary(db_url, tmp_path, pid, adapter)
+    send(db_url, pid, served(canary_name, accepted=40, rejected=10, edited=[1] * 25, start=T0 + timedelta(hours=1)))
     send(db_url, pid, served(prod, accepted=15, rejected=35, edited=[5] * 25, start=T0 + timedelta(hours=1)))
     with session_scope(db_url) as session:
-        c = live.compare(session, pid, "canary", "production")
+        c = canary.compare(session, pid, "canary", "production")
     acc, edit, dist = (c["tests"][k] for k in ("acceptance_rate", "edit_rate", "edit_distance"))
     assert c["verdict"] == acc["verdict"] == "better" and acc["method"].startswith("two-proportion z-test")
     assert acc["difference"] == pytest.approx(40 / 75 - 15 / 75) and acc["p_value"] < 0.001
@@ -256,10 +256,10 @@ def test_compare_names_its_tests_and_judges(db_url: str, tmp_path: Path, adapter
     assert dist["n"] == [25, 25] and (c["alpha"], c["min_samples"]) == (0.05, 20)
 
     with session_scope(db_url) as session:
-        strict = live.compare(session, pid, prod, canary, min_samples=80)
+        strict = canary.compare(session, pid, prod, canary_name, min_samples=80)
     assert strict["verdict"] == "not enough data" and strict["tests"]["acceptance_rate"]["p_value"] < 0.001
     with session_scope(db_url) as session:
-        reverse = live.compare(session, pid, prod, canary, alpha=0.01)
+        reverse = canary.compare(session, pid, prod, canary_name, alpha=0.01)
     assert reverse["verdict"] == "worse" and reverse["tests"]["edit_distance"]["verdict"] == "worse"
 
 
@@ -273,16 +273,16 @@ def aliases(url: str, pid: int) -> dict[str, str]:
 
 def test_a_clearly_better_canary_is_promoted(db_url: str, tmp_path: Path, adapter: Path) -> None:
     pid = new_project(db_url)
-    prod, canary = production_and_canary(db_url, tmp_path, pid, adapter)
+    prod, canary_name = production_and_canary(db_url, tmp_path, pid, adapter)
     # Before it was the canary, v2's generations fared badly: the window starts when the canary alias moved.
-    send(db_url, pid, served(canary, rejected=60, start=T0 - timedelta(hours=2)))
-    send(db_url, pid, served(canary, accepted=48, rejected=12, start=T0 + timedelta(minutes=1)))
+    send(db_url, pid, served(canary_name, rejected=60, start=T0 - timedelta(hours=2)))
+    send(db_url, pid, served(canary_name, accepted=48, rejected=12, start=T0 + timedelta(minutes=1)))
     send(db_url, pid, served(prod, accepted=12, rejected=48, start=T0 + timedelta(minutes=1)))
     with session_scope(db_url) as session:
-        decision = live.apply_canary_policy(session, pid)
+        decision = canary.apply_canary_policy(session, pid)
     assert decision["action"] == "promoted", decision["reason"]
     assert decision["comparison"]["tests"]["acceptance_rate"]["n"] == [60, 60]
-    assert aliases(db_url, pid) == {"production": canary}
+    assert aliases(db_url, pid) == {"production": canary_name}
     with session_scope(db_url) as session:
         clear, promote = registry.history(session, pid)[:2]
         assert (promote.action, promote.alias, promote.actor) == ("promote", "production", "canary-policy")
@@ -292,16 +292,16 @@ def test_a_clearly_better_canary_is_promoted(db_url: str, tmp_path: Path, adapte
         assert promote.gate["live"]["since"].startswith("2026-11-02T09:00")
         assert (clear.action, clear.alias) == ("clear", "canary")
     with session_scope(db_url) as session:
-        assert live.apply_canary_policy(session, pid)["reason"] == "no canary"
+        assert canary.apply_canary_policy(session, pid)["reason"] == "no canary"
 
 
 def test_a_clearly_worse_canary_is_rolled_back(db_url: str, tmp_path: Path, adapter: Path) -> None:
     pid = new_project(db_url)
-    prod, canary = production_and_canary(db_url, tmp_path, pid, adapter)
-    send(db_url, pid, served(canary, accepted=10, rejected=20, edited=[4] * 30, start=T0 + timedelta(minutes=1)))
+    prod, canary_name = production_and_canary(db_url, tmp_path, pid, adapter)
+    send(db_url, pid, served(canary_name, accepted=10, rejected=20, edited=[4] * 30, start=T0 + timedelta(minutes=1)))
     send(db_url, pid, served(prod, accepted=40, rejected=10, edited=[1] * 10, start=T0 + timedelta(minutes=1)))
     with session_scope(db_url) as session:
-        decision = live.apply_canary_policy(session, pid)
+        decision = canary.apply_canary_policy(session, pid)
     assert decision["action"] == "rolled_back", decision["reason"]
     assert aliases(db_url, pid) == {"production": prod}
     with session_scope(db_url) as session:
@@ -313,47 +313,47 @@ def test_a_clearly_worse_canary_is_rolled_back(db_url: str, tmp_path: Path, adap
 
 def test_equal_versions_or_too_little_data_change_nothing(db_url: str, tmp_path: Path, adapter: Path) -> None:
     pid = new_project(db_url)
-    prod, canary = production_and_canary(db_url, tmp_path, pid, adapter)
-    send(db_url, pid, served(canary, accepted=30, rejected=30, start=T0 + timedelta(minutes=1)))
+    prod, canary_name = production_and_canary(db_url, tmp_path, pid, adapter)
+    send(db_url, pid, served(canary_name, accepted=30, rejected=30, start=T0 + timedelta(minutes=1)))
     send(db_url, pid, served(prod, accepted=31, rejected=29, start=T0 + timedelta(minutes=1)))
     with session_scope(db_url) as session:
-        decision = live.apply_canary_policy(session, pid)
+        decision = canary.apply_canary_policy(session, pid)
     assert decision["action"] == "none" and decision["reason"].startswith("no significant difference")
-    assert aliases(db_url, pid) == {"production": prod, "canary": canary}
+    assert aliases(db_url, pid) == {"production": prod, "canary": canary_name}
 
     few = new_project(db_url, min_samples=50)
-    prod, canary = production_and_canary(db_url, tmp_path, few, adapter)
-    send(db_url, few, served(canary, accepted=30, start=T0 + timedelta(minutes=1)))
+    prod, canary_name = production_and_canary(db_url, tmp_path, few, adapter)
+    send(db_url, few, served(canary_name, accepted=30, start=T0 + timedelta(minutes=1)))
     send(db_url, few, served(prod, rejected=30, start=T0 + timedelta(minutes=1)))
     with session_scope(db_url) as session:
-        decision = live.apply_canary_policy(session, few)
+        decision = canary.apply_canary_policy(session, few)
     assert decision["action"] == "none" and decision["reason"].startswith("not enough data: 30 and 30")
     assert decision["comparison"]["tests"]["acceptance_rate"]["p_value"] < 1e-6  # stark, but too few to act on
-    assert aliases(db_url, few) == {"production": prod, "canary": canary}
+    assert aliases(db_url, few) == {"production": prod, "canary": canary_name}
 
 
 def test_the_policy_acts_only_as_configured(db_url: str, tmp_path: Path, adapter: Path) -> None:
     """A promote-only policy leaves a worse canary alone; off does nothing; the tick applies each project's own."""
     promote_only, off = new_project(db_url, policy="promote"), new_project(db_url, policy="off")
     for pid in (promote_only, off):
-        prod, canary = production_and_canary(db_url, tmp_path, pid, adapter)
-        send(db_url, pid, served(canary, accepted=5, rejected=55, start=T0 + timedelta(minutes=1)))
+        prod, canary_name = production_and_canary(db_url, tmp_path, pid, adapter)
+        send(db_url, pid, served(canary_name, accepted=5, rejected=55, start=T0 + timedelta(minutes=1)))
         send(db_url, pid, served(prod, accepted=55, rejected=5, start=T0 + timedelta(minutes=1)))
     with session_scope(db_url) as session:
-        decision = live.apply_canary_policy(session, promote_only)
+        decision = canary.apply_canary_policy(session, promote_only)
         assert decision["action"] == "none" and decision["reason"].startswith("worse (promote policy")
-        assert live.apply_canary_policy(session, off)["reason"] == "the canary policy is off"
+        assert canary.apply_canary_policy(session, off)["reason"] == "the canary policy is off"
 
     rollback_only = new_project(db_url, policy="rollback")
-    prod, canary = production_and_canary(db_url, tmp_path, rollback_only, adapter)
-    send(db_url, rollback_only, served(canary, accepted=5, rejected=55, start=T0 + timedelta(minutes=1)))
+    prod, canary_name = production_and_canary(db_url, tmp_path, rollback_only, adapter)
+    send(db_url, rollback_only, served(canary_name, accepted=5, rejected=55, start=T0 + timedelta(minutes=1)))
     send(db_url, rollback_only, served(prod, accepted=55, rejected=5, start=T0 + timedelta(minutes=1)))
     with session_scope(db_url) as session:
         projects = [
             (p.id, p.settings) for p in map(session.get, [Project] * 3, (off, rollback_only, promote_only)) if p
         ]
     projects.insert(0, (promote_only, {"model": {"canary_policy": "sometimes"}}))  # invalid: logged, skipped
-    decisions = tasks.canary_policies(db_url, projects)
+    decisions = tasks.apply_canary_policies(db_url, projects)
     assert [(d["project_id"], d["action"]) for d in decisions] == [
         (rollback_only, "rolled_back"),
         (promote_only, "none"),
@@ -366,15 +366,15 @@ def test_a_better_canary_that_the_offline_gate_refuses_is_blocked(db_url: str, t
     pid = new_project(db_url)
     with session_scope(db_url) as session:
         prod = publish(session, tmp_path, pid, adapter, distance=0.2)
-        canary = publish(session, tmp_path, pid, adapter, distance=0.6)
+        canary_name = publish(session, tmp_path, pid, adapter, distance=0.6)
         registry.promote(session, pid, prod, actor="t", now=T0 - timedelta(days=1))
-        registry.promote(session, pid, canary, alias="canary", actor="t", reason="try it", force=True, now=T0)
-    send(db_url, pid, served(canary, accepted=50, rejected=10, start=T0 + timedelta(minutes=1)))
+        registry.promote(session, pid, canary_name, alias="canary", actor="t", reason="try it", force=True, now=T0)
+    send(db_url, pid, served(canary_name, accepted=50, rejected=10, start=T0 + timedelta(minutes=1)))
     send(db_url, pid, served(prod, accepted=10, rejected=50, start=T0 + timedelta(minutes=1)))
     with session_scope(db_url) as session:
-        decision = live.apply_canary_policy(session, pid)
+        decision = canary.apply_canary_policy(session, pid)
     assert decision["action"] == "blocked" and "edit replay distance is higher" in decision["reason"]
-    assert aliases(db_url, pid) == {"production": prod, "canary": canary}
+    assert aliases(db_url, pid) == {"production": prod, "canary": canary_name}
 
 
 def test_the_scheduled_tick_applies_the_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapter: Path) -> None:
@@ -389,8 +389,8 @@ def test_the_scheduled_tick_applies_the_policy(tmp_path: Path, monkeypatch: pyte
     try:
         pid, idle = new_project(url), new_project(url, policy="off")
         for project_id in (pid, idle):
-            prod, canary = production_and_canary(url, tmp_path, project_id, adapter)
-            send(url, project_id, served(canary, accepted=5, rejected=55, start=T0 + timedelta(minutes=1)))
+            prod, canary_name = production_and_canary(url, tmp_path, project_id, adapter)
+            send(url, project_id, served(canary_name, accepted=5, rejected=55, start=T0 + timedelta(minutes=1)))
             send(url, project_id, served(prod, accepted=55, rejected=5, start=T0 + timedelta(minutes=1)))
         assert tasks.schedule_tick() == 2
     finally:

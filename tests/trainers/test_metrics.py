@@ -1,92 +1,22 @@
-"""Evaluation metrics: the statistics on known numbers, the model-running parts on a tiny random Llama built here."""
+"""Offline metrics: the statistics on known numbers, the model-running parts on a tiny random Llama."""
 
 import copy
-import importlib.util
 import random
 
 import pytest
 
-from trainers import evaluation as ev
+from tests.tiny_llama import CHOSEN, ML, PROMPTS, REJECTED, needs_ml, tiny_models
+from trainers import metrics as ev
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
-ML = all(importlib.util.find_spec(name) for name in ("torch", "transformers", "peft", "tokenizers"))
-needs_ml = pytest.mark.skipif(not ML, reason="needs the train extras (torch, transformers, peft)")
 if ML:
     import torch
-
-NAMES = ["alpha", "beta", "count", "items", "total", "value", "node", "path", "user", "score"]
-PROMPTS = ["def add(a, b):\n", "# sum a list\ndef total(items):\n", "class Node:\n    def __init__(self", "x = "]
-CHOSEN = ["    return a + b\n", "    return sum(items)\n", ", value):\n        self.value = value\n", "1\n"]
-REJECTED = [
-    "    return a+b",
-    "    t = 0\n    for i in items:\n        t += i\n    return t\n",
-    "):\n        pass\n",
-    "2",
-]
-
-
-def _corpus(n: int = 300) -> list[str]:
-    rng = random.Random(0)
-    docs = []
-    for _ in range(n):
-        a, b, c = rng.sample(NAMES, 3)
-        docs.append(
-            rng.choice(
-                [
-                    f"def {a}_{b}({c}):\n    return {c} + {rng.randint(0, 99)}\n",
-                    f"# {a} {b}\ndef {a}({b}, {c}):\n    for x in {b}:\n        {c} += x\n    return {c}\n",
-                    f"class {a.title()}:\n    def __init__(self, {b}):\n        self.{b} = {b}\n",
-                    f"{a} = [{b} for {b} in {c} if {b}]\n",
-                ]
-            )
-        )
-    return docs
 
 
 @pytest.fixture(scope="module")
 def tiny() -> dict:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        LlamaConfig,
-        PreTrainedTokenizerFast,
-    )
-
-    torch.manual_seed(0)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
-    bpe.train_from_iterator(
-        _corpus(),
-        trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=["<|endoftext|>", "<|pad|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|pad|>"
-    )
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    lm = AutoModelForCausalLM.from_config(config).eval()
-    reward_config = copy.deepcopy(config)
-    reward_config.num_labels = 1
-    reward = AutoModelForSequenceClassification.from_config(reward_config).eval()
-    return {"tok": tok, "lm": lm, "reward": reward}
+    return tiny_models()
 
 
 def _peft(lm, perturb: bool):
@@ -166,13 +96,6 @@ def test_parse_rate() -> None:
     assert ev.parse_rate(["x = '\0'"])["n"] == 1
 
 
-def test_preference_baselines() -> None:
-    result = ev.preference_baselines(["long one", "a", "same"], ["short", "bb", "four"])
-    assert result == {"longer_wins": pytest.approx(1.5 / 3), "shorter_wins": pytest.approx(1.5 / 3), "n": 3}
-    assert ev.preference_baselines(["aaa", "bbbb"], ["a", "b"])["longer_wins"] == 1.0
-    assert ev.preference_baselines([], [])["longer_wins"] is None
-
-
 def test_edit_replay_and_compare() -> None:
     finals = ["return a + b", "return sum(items)", "pass", "x = 1"]
     good = ev.edit_replay(["return a + b", "return sum(item)", "pass", "x = 1"], finals)
@@ -190,60 +113,6 @@ def test_edit_replay_and_compare() -> None:
 
 
 # --- models --------------------------------------------------------------------------------------------------------
-
-
-@needs_ml
-def test_reward_scores_shape_determinism_and_padding(tiny) -> None:
-    tok, reward = tiny["tok"], tiny["reward"]
-    texts = [p + c for p, c in zip(PROMPTS, CHOSEN, strict=True)]
-    scores = ev.reward_scores(reward, tok, texts, batch_size=3)
-    assert len(scores) == len(texts) and all(isinstance(s, float) for s in scores)
-    assert ev.reward_scores(reward, tok, texts, batch_size=2) == pytest.approx(scores, abs=1e-5)
-    alone = ev.reward_scores(reward, tok, ["x = 1\n"])[0]
-    batched = ev.reward_scores(reward, tok, ["x = 1\n", "def long(a, b, c):\n    return [a for a in b if c]\n" * 3])[0]
-    assert abs(alone - batched) < 1e-4
-    # the eos is appended once, as RewardTrainer does
-    assert ev.reward_scores(reward, tok, ["x = 1\n" + tok.eos_token])[0] == pytest.approx(alone, abs=1e-6)
-    reward.train()
-    assert ev.reward_scores(reward, tok, ["x = 1\n"])[0] == pytest.approx(alone, abs=1e-6)
-    assert reward.training  # scoring runs in eval mode and gives the caller's mode back
-    reward.eval()
-
-
-@needs_ml
-def test_reward_scores_through_a_peft_model(tiny) -> None:
-    from peft import LoraConfig, get_peft_model
-
-    tok, reward = tiny["tok"], tiny["reward"]
-    texts = [p + c for p, c in zip(PROMPTS, CHOSEN, strict=True)]
-    wrapped = get_peft_model(
-        copy.deepcopy(reward), LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"])
-    )
-    # a fresh LoRA adds zero and the score head is copied: the same scores as the plain model
-    assert ev.reward_scores(wrapped, tok, texts) == pytest.approx(ev.reward_scores(reward, tok, texts), abs=1e-6)
-
-
-@needs_ml
-def test_reward_accuracy(tiny) -> None:
-    tok, reward = tiny["tok"], tiny["reward"]
-    result = ev.reward_accuracy(reward, tok, PROMPTS, CHOSEN, REJECTED)
-    assert result["n"] == 4 and 0.0 <= result["accuracy"] <= 1.0
-    assert set(result["outcomes"]) <= {0.0, 0.5, 1.0}
-    chosen = ev.reward_scores(reward, tok, [p + c for p, c in zip(PROMPTS, CHOSEN, strict=True)])
-    rejected = ev.reward_scores(reward, tok, [p + r for p, r in zip(PROMPTS, REJECTED, strict=True)])
-    assert result["outcomes"] == [1.0 if c > r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
-    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
-    assert result["mean_margin"] == pytest.approx(sum(margins) / 4, abs=1e-5)
-    assert result["baselines"] == ev.preference_baselines(CHOSEN, REJECTED)
-    # the same pairs as full texts (implicit prompt) score the same
-    implicit = ev.reward_accuracy(
-        reward,
-        tok,
-        None,
-        [p + c for p, c in zip(PROMPTS, CHOSEN, strict=True)],
-        [p + r for p, r in zip(PROMPTS, REJECTED, strict=True)],
-    )
-    assert implicit["mean_margin"] == pytest.approx(result["mean_margin"], abs=1e-5)
 
 
 @needs_ml

@@ -12,7 +12,7 @@ from core.db import session_scope
 from core.settings import Settings
 from demo.corpus import prompt_for, sample_function
 from demo.style import follows
-from trainers import evaluation, registry, runs
+from trainers import metrics, registry, runs
 from trainers.models import AdapterVersion
 
 from .tiny import style_project
@@ -48,7 +48,7 @@ def test_reward_model_and_dpo_learn_a_style_rule(sqlite_url: str, tiny_model: Pa
     rng = random.Random(12345)
     prompts = [prompt_for(sample_function(rng)) for _ in range(48)]
     tokenizer = load_tokenizer(str(tiny_model))
-    base_texts = evaluation.generate(load_model(str(tiny_model)), tokenizer, prompts, max_new_tokens=160)
+    base_texts = metrics.generate(load_model(str(tiny_model)), tokenizer, prompts, max_new_tokens=160)
     single, _ = rule_share(base_texts, "single")
     value = "double" if single >= 0.5 else "single"
 
@@ -66,14 +66,12 @@ def test_reward_model_and_dpo_learn_a_style_rule(sqlite_url: str, tiny_model: Pa
     assert policy.metrics["eval"]["implicit_reward"]["accuracy"] > 0.8
 
     model = PeftModel.from_pretrained(load_model(str(tiny_model)), str(registry.verified_path(policy)))
-    assert (
-        evaluation.generate(model, tokenizer, prompts[:4], max_new_tokens=160, adapter_disabled=True) == base_texts[:4]
-    )
-    tuned_texts = evaluation.generate(model, tokenizer, prompts, max_new_tokens=160)
+    assert metrics.generate(model, tokenizer, prompts[:4], max_new_tokens=160, adapter_disabled=True) == base_texts[:4]
+    tuned_texts = metrics.generate(model, tokenizer, prompts, max_new_tokens=160)
     base_share, base_n = rule_share(base_texts, value)
     tuned_share, tuned_n = rule_share(tuned_texts, value)
-    base_parse = evaluation.parse_rate(base_texts)["rate"]
-    tuned_parse = evaluation.parse_rate(tuned_texts)["rate"]
+    base_parse = metrics.parse_rate(base_texts)["rate"]
+    tuned_parse = metrics.parse_rate(tuned_texts)["rate"]
     print(  # figures for the record (pytest -s)
         f"rule quotes={value}: reward held-out accuracy {held_out['accuracy']:.3f} (n={held_out['n']}),"
         f" implicit {policy.metrics['eval']['implicit_reward']['accuracy']:.3f};"

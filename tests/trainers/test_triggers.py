@@ -10,7 +10,7 @@ from core.db import session_scope, utcnow
 from core.projects import create_project
 from feedback.models import DatasetSnapshot, TrainingRow
 from trainers.models import TrainingRun
-from trainers.pipeline import check_trigger, new_rows_since_snapshot, start_run
+from trainers.triggers import check_trigger, new_rows_since_snapshot, queue_pipeline_run
 
 
 def project_with_rows(url: str, n: int, dataset: dict | None = None) -> int:
@@ -104,7 +104,7 @@ def test_concurrent_triggers_leave_one_active_run(pg_url):
     def trigger() -> None:
         with session_scope(pg_url) as session:
             barrier.wait()
-            run = start_run(session, pid, "rows")
+            run = queue_pipeline_run(session, pid, "rows")
             started.append(run.id if run else None)
 
     threads = [threading.Thread(target=trigger) for _ in range(6)]
