@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from api import edge, errors
 from api.deps import KeyCache, SessionDep
-from api.folder import Folder
+from api.fold_worker import FoldWorker
 from api.group_commit import GroupCommitter
 from api.routes import adapters, datasets, events, generations, integrations, openai, project, runs
 from core.db import get_sessionmaker
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.folder = Folder(app.state.sessions, settings.fold_delay_ms / 1000, settings.fold_batch_rows)
+        app.state.folder = FoldWorker(app.state.sessions, settings.fold_delay_ms / 1000, settings.fold_batch_rows)
         app.state.group_commit = GroupCommitter(
             app.state.sessions,
             max_events=settings.group_commit_max_events,

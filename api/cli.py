@@ -53,7 +53,7 @@ def db_current() -> None:
 def db_fold(
     status: Annotated[bool, typer.Option("--status", help="Only show what is queued; fold nothing.")] = False,
 ) -> None:
-    """Fold the events that deferred ingest has queued into `generations` now (the API's folder does this by
+    """Fold the events that deferred ingest has queued into `generations` now (the API's fold worker does this by
     itself a moment after each ingest; this is for a server that is stopped, or before a downgrade)."""
     from core.db import get_sessionmaker, session_scope
     from feedback import fold

@@ -1,6 +1,6 @@
-"""The folder: folds the events that deferred ingest queued (feedback/fold.py), in the API process that took them.
+"""The fold worker: folds the events that deferred ingest queued (feedback/fold.py), in the API process that took them.
 
-`poke()` after each ingest commit; the folder waits `delay_s` (so a generation's feedback, posted right after it,
+`poke()` after each ingest commit; the worker waits `delay_s` (so a generation's feedback, posted right after it,
 folds in the same write), then folds queue rows in transactions of `batch_rows` until none is left. It also looks
 every `idle_s`, so rows that another process queued and did not fold (it was killed) are folded here. Several
 processes fold side by side: each takes rows that no one else holds."""
@@ -18,7 +18,7 @@ from feedback import fold
 log = logging.getLogger(__name__)
 
 
-class Folder:
+class FoldWorker:
     def __init__(self, sessions: sessionmaker[Session], delay_s: float, batch_rows: int, idle_s: float = 5.0):
         self.sessions, self.delay_s, self.batch_rows, self.idle_s = sessions, delay_s, batch_rows, idle_s
         self._wake = asyncio.Event()
@@ -26,12 +26,12 @@ class Folder:
         self.folded = 0  # generations written since start
         self._postgres: bool | None = None  # known at the first drain
 
-    async def __aenter__(self) -> "Folder":
+    async def __aenter__(self) -> "FoldWorker":
         self._task = asyncio.create_task(self._loop())
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        """Fold what is left, then stop. (Anything still queued is folded by the next reader or folder.)"""
+        """Fold what is left, then stop. (Anything still queued is folded by the next reader or fold worker.)"""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

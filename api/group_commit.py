@@ -39,7 +39,7 @@ def transient(exc: BaseException) -> bool:
 
 
 # Retries a function on a transient database error. Thread-safe: tenacity keeps each call's state in a
-# thread-local. The folder (api/folder.py) uses it too.
+# thread-local. The fold worker (api/fold_worker.py) uses it too.
 TRANSIENT_RETRY = Retrying(
     retry=retry_if_exception(transient),
     stop=stop_after_attempt(5),

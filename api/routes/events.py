@@ -49,7 +49,8 @@ def check_batch(body: Any, max_events: int) -> list[Any]:
     return events
 
 
-def answer(result: IngestResult) -> IngestResult:
+def reject_if_nothing_stored(result: IngestResult) -> IngestResult:
+    """The result, unless every event was invalid: then InvalidInput names the first error."""
     if result.errors and result.stored == 0 and result.duplicates == 0:
         first = result.errors[0]
         more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
@@ -60,7 +61,7 @@ def answer(result: IngestResult) -> IngestResult:
 def encode(result: IngestResult) -> bytes:
     """The answer as JSON bytes, serialized once (FastAPI would validate the returned model against the response
     model again, then encode it through jsonable_encoder)."""
-    return orjson.dumps(answer(result).model_dump(mode="json"))
+    return orjson.dumps(reject_if_nothing_stored(result).model_dump(mode="json"))
 
 
 def respond(result: IngestResult) -> Response:

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from api.body import read_json
 from api.deps import IngestKey, SessionDep, sessions_of, settings_of
 from api.errors import status_of
-from api.routes.events import answer, store_events
+from api.routes.events import reject_if_nothing_stored, store_events
 from core.errors import EditloopError, InvalidInput
 from core.projects import Principal
 from serving.backend import Backend, BackendUnavailable, OnText, Params, Result
@@ -115,7 +115,9 @@ async def _serve(request: Request, key: Principal, body: CompletionRequest | Cha
     except BackendUnavailable as exc:
         return _unavailable(exc)
     latency_ms = (time.perf_counter() - started) * 1000
-    answer(await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)]))
+    reject_if_nothing_stored(
+        await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)])
+    )
     if chat:
         return ChatCompletion(
             id=generation_id,
@@ -207,7 +209,9 @@ async def _stream(
             yield _sse({"error": {"message": exc.detail, "type": exc.code, "param": None, "code": status}})
             return
         latency_ms = (time.perf_counter() - started) * 1000
-        answer(await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)]))
+        reject_if_nothing_stored(
+            await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)])
+        )
         yield _sse(chunk(None if chat else "", result.finish_reason))
         if body.include_usage:
             yield _sse({**head, "choices": [], "usage": _usage(result).model_dump()})
