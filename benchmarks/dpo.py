@@ -8,7 +8,7 @@ that run's alone. Reported per side: pairs/s (the headline counts TRL's setup to
 reference log-prob precompute, since precomputing moves work out of the steps), the training loop's pairs/s alone,
 peak memory, and the final metrics on held-out pairs, computed the same way for both. Prints a table, writes JSON.
 
-Run:  .venv/bin/python benchmarks/dpo.py            (tiny model, 2 runs a side, about 3 minutes on 2 cores; see --help)
+Run:  .venv/bin/python benchmarks/dpo.py            (tiny model, 2 runs a side; see --help)
 """
 
 import argparse

@@ -181,7 +181,7 @@ def _mean_interval(values: list[float]) -> dict[str, Any]:
 # --- metrics from the database -------------------------------------------------------------------------------------
 
 
-def resolve(session: Session, project_id: int, ref: str) -> str:
+def served_model_name(session: Session, project_id: int, ref: str) -> str:
     """The model name that generations carry for `ref`: a version name, an alias (production, canary) or `base`.
     NotFound names the ref."""
     if ref == BASE:
@@ -198,7 +198,7 @@ def version_metrics(session: Session, project_id: int, ref: str, since: datetime
     after `since` (a naive time is UTC). Two queries: one aggregate of the counts, one column of edit distances.
     Events still queued for the fold are folded first (the caller commits that)."""
     settle(session, project_id)
-    model = resolve(session, project_id, ref)
+    model = served_model_name(session, project_id, ref)
     since = _utc(since)
     scope = [Generation.project_id == project_id, Generation.model == model]
     if since is not None:
@@ -231,7 +231,7 @@ def version_metrics(session: Session, project_id: int, ref: str, since: datetime
     }
 
 
-def public(metrics: dict[str, Any]) -> dict[str, Any]:
+def without_distances(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics without the raw list of distances (which `compare` needs, a reader does not)."""
     return {k: v for k, v in metrics.items() if k != "distances"}
 
@@ -300,8 +300,8 @@ def compare(
         "verdict": _verdict(test["p_value"] if enough else None, shift, False, alpha),
     }
     return {
-        "a": public(ma),
-        "b": public(mb),
+        "a": without_distances(ma),
+        "b": without_distances(mb),
         "since": _utc(since),
         "alpha": alpha,
         "min_samples": min_samples,

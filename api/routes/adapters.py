@@ -91,7 +91,7 @@ def compare_adapters(
 def adapter_metrics(ref: str, session: SessionDep, key: AdminKey, since: Since = None) -> LiveMetricsOut:
     metrics = canary.version_metrics(session, key.project_id, ref, since)
     session.commit()  # what the read folded
-    return LiveMetricsOut.model_validate(canary.public(metrics))
+    return LiveMetricsOut.model_validate(canary.without_distances(metrics))
 
 
 @router.get("/v1/adapters/{ref}", summary="One version (by name or alias) with its manifest")
