@@ -6,7 +6,7 @@ gives the same row. Ingest decides when it runs (`Settings.ingest_fold`):
 
 - `inline` (always on SQLite): the ingest transaction folds the generations it touched before it commits.
 - `deferred` (the Postgres default): the ingest transaction only appends its events and one `fold_queue` row naming
-  the generations it touched, in one statement (feedback/service.py). A folder in every API process (`api/folder.py`)
+  the generations it touched, in one statement (feedback/service.py). The API's fold worker (`api/fold_worker.py`)
   folds what queued shortly after each commit, in large set-based batches (a generation and its feedback, posted
   back to back, fold in one write). Every reader of `generations` first calls `settle`, which folds what is still
   queued for what it reads (or waits for the folder that holds it), so a read that follows a 2xx sees every event
