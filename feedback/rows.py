@@ -80,7 +80,7 @@ from sqlalchemy.sql.schema import Table
 from core.db import utcnow
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
-from feedback import texts
+from feedback import consent, texts
 from feedback.bulk import BulkWriter, pg_fetch
 from feedback.config import DatasetConfig
 from feedback.fold import settle
@@ -463,6 +463,7 @@ class _Build:
         self.session, self.project_id, self.config, self.built_at, self.pg = session, project_id, config, built_at, pg
         self.derivation = {"version": DERIVATION_VERSION, **config.model_dump(mode="json", include=_GATE_FIELDS)}
         self.cutoff = config.near_duplicate_similarity * 100
+        self.opted_out = consent.opted_out_users(session, project_id)  # the consent rule (feedback/consent.py)
         self.gates: Counter[str] = Counter()
         self.rows: Counter[str] = Counter()
         self.added: Counter[str] = Counter()
@@ -705,7 +706,7 @@ class _Build:
         if g.outcome not in _FEEDBACK and not score:
             return None  # shown, or rated 0: no verdict, nothing to learn and nothing to count
         config, gates = self.config, self.gates
-        if g.excluded:
+        if g.excluded or consent.withholds(self.opted_out, g.user, g.shown_at):
             gates["excluded"] += 1
             return None
         completion, final = g.completion, g.final_text
