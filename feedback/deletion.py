@@ -223,11 +223,17 @@ def _generations(session: Session, request: DeletionRequest) -> None:
     request.cursor = last
 
 
-def _elements(session: Session) -> str:
+def _named(session: Session) -> str:
+    """SQL true when row `r` names a generation the request noted."""
+    if _pg(session):
+        # An index lookup per row, whatever the planner believes about deletion_items (a join read all of them).
+        return (
+            "EXISTS (SELECT 1 FROM deletion_items d WHERE d.request_id = :r"
+            " AND d.generation_id = ANY (ARRAY(SELECT jsonb_array_elements_text(r.generation_ids))))"
+        )
     return (
-        "jsonb_array_elements_text(r.generation_ids) AS g(value)"
-        if _pg(session)
-        else "json_each(r.generation_ids) AS g"
+        "EXISTS (SELECT 1 FROM json_each(r.generation_ids) AS g"
+        " JOIN deletion_items d ON d.request_id = :r AND d.generation_id = g.value)"
     )
 
 
@@ -244,8 +250,7 @@ def _hits(session: Session, request: DeletionRequest, source: str, scope: str) -
     column = "r.snapshot_id" if source == "snapshot_rows" else "0"
     found = session.execute(
         text(
-            f"SELECT r.id, {column} FROM {source} r WHERE {scope} AND r.id > :c AND r.id <= :hi AND EXISTS (SELECT 1"
-            f" FROM {_elements(session)} JOIN deletion_items d ON d.request_id = :r AND d.generation_id = g.value)"
+            f"SELECT r.id, {column} FROM {source} r WHERE {scope} AND r.id > :c AND r.id <= :hi AND {_named(session)}"
         ),
         {**params, "hi": hi},
     ).all()
