@@ -151,7 +151,7 @@ def audit_command(
     try:
         with session_scope(settings.sqlalchemy_url) as db:
             found = audit.entries(db, get_project(db, project).id, action=action, actor=actor, since=since, limit=limit)
-            rows = [
+            rows: list[dict[str, Any]] = [
                 {
                     "id": e.id,
                     "at": e.at.isoformat(),

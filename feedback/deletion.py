@@ -17,10 +17,11 @@ rows that ingest does not write, and take only the fold's short bucket locks."""
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import Table, bindparam, delete, func, select, text
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from core.db import dialect_insert, utcnow
@@ -214,14 +215,20 @@ def _generations(session: Session, request: DeletionRequest) -> None:
             fold.lock(session, {request.project_id: gids})
         insert = dialect_insert(session, _ITEMS).values([{"request_id": request.id, "generation_id": g} for g in gids])
         session.execute(insert.on_conflict_do_nothing())
-        events = session.execute(
-            delete(FeedbackEvent).where(
-                FeedbackEvent.project_id == request.project_id, FeedbackEvent.generation_id.in_(gids)
+        events = _rowcount(
+            session.execute(
+                delete(FeedbackEvent).where(
+                    FeedbackEvent.project_id == request.project_id, FeedbackEvent.generation_id.in_(gids)
+                )
             )
-        ).rowcount
-        generations = session.execute(
-            delete(Generation).where(Generation.project_id == request.project_id, Generation.generation_id.in_(gids))
-        ).rowcount
+        )
+        generations = _rowcount(
+            session.execute(
+                delete(Generation).where(
+                    Generation.project_id == request.project_id, Generation.generation_id.in_(gids)
+                )
+            )
+        )
         _count(request, events=events, generations=generations)
     request.cursor = last
 
@@ -262,7 +269,11 @@ def _delete_ids(session: Session, table: str, ids: list[int]) -> int:
     if not ids:
         return 0
     query = text(f"DELETE FROM {table} WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
-    return session.execute(query, {"ids": ids}).rowcount
+    return _rowcount(session.execute(query, {"ids": ids}))
+
+
+def _rowcount(result: Any) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def _rows(session: Session, request: DeletionRequest) -> None:
