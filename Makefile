@@ -5,7 +5,7 @@ TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl clean
+.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl bench-deletion clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-serve: $(STAMP)
 
 bench-online-rl: $(STAMP)
 	$(BIN)/python benchmarks/online_rl.py
+
+bench-deletion: $(STAMP)
+	$(BIN)/python benchmarks/deletion.py
 
 clean:
 	rm -rf $(VENV) .editloop .pytest_cache
