@@ -196,7 +196,7 @@ async def run_load(url: str, port: int, seeded: dict[str, Any], args: argparse.N
         request_id = request.id
     phase["now"] = "during"
     started = time.perf_counter()
-    code = f"from trainers import rights; print(rights.process({url!r}, {request_id}))"
+    code = f"from trainers import rights; print(rights.process({url!r}, {request_id}, pause_s={args.pause_ms / 1000}))"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, cwd=str(REPO), stdout=asyncio.subprocess.PIPE, env={**os.environ}
     )
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000, help="Ingest load, events per second.")
     parser.add_argument("--batch", type=int, default=10, help="Events per request (even).")
     parser.add_argument("--warmup", type=float, default=20, help="Seconds of measured load before the deletion.")
+    parser.add_argument("--pause-ms", type=float, default=0, help="The deletion's rest between steps.")
     parser.add_argument("--no-rows", dest="rows", action="store_false", help="Skip building rows and a snapshot.")
     parser.add_argument(
         "--admin", default=os.environ.get("EDITLOOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -40,13 +40,18 @@ TASK = "rights.process_deletion"
 STALLED_AFTER = timedelta(minutes=5)
 
 
-def process(url: str, request_id: int, max_steps: int | None = None, retries: int = 3) -> str:
+def process(
+    url: str, request_id: int, max_steps: int | None = None, retries: int = 3, pause_s: float | None = None
+) -> str:
     """Walk a request to the end, one short transaction per step; returns its state ("paused" after `max_steps`,
     which tests use to stop a walk half way). A step that fails is retried; one that keeps failing fails the
     request with its error."""
+    pause_s = get_settings().deletion_step_pause_ms / 1000 if pause_s is None else pause_s
     done = 0
     failures = 0
     while max_steps is None or done < max_steps:
+        if done and pause_s:
+            time.sleep(pause_s)
         try:
             with session_scope(url) as session:
                 request = deletion.lock(session, request_id)
