@@ -323,3 +323,40 @@ def test_a_project_row_lookup_keeps_working(db_url: str) -> None:
 
         assert dataset_config(project).retention_days == 7
         assert model_settings(project.settings).on_deleted_data == "flag"
+
+
+def test_a_worker_killed_mid_walk_leaves_a_request_the_next_one_completes(pg_url: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    project_id = new_project(pg_url)
+    post(pg_url, project_id, user_events("kill", "k", 200) + user_events("stay", "s", 10))
+    with session_scope(pg_url) as session:
+        request_id = deletion.create_request(session, project_id, {"user": "kill"}, trigger="api", actor="t").id
+    code = (
+        "from feedback import deletion; deletion.GENERATION_BATCH = 10\n"
+        f"from trainers import rights; rights.process({pg_url!r}, {request_id}, pause_s=0.2)"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with session_scope(pg_url) as session:
+                steps = session.get(DeletionRequest, request_id).steps
+            if steps >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+    finally:
+        worker.wait(timeout=30)
+    with session_scope(pg_url) as session:
+        request = session.get(DeletionRequest, request_id)
+        assert request.state == "running" and request.phase == "generations" and 0 < request.counts["events"] < 400
+    assert rights.process(pg_url, request_id) == "done"
+    with session_scope(pg_url) as session:
+        request = session.get(DeletionRequest, request_id)
+        users = set(session.scalars(select(Generation.user).where(Generation.project_id == project_id)))
+    assert request.counts["events"] == 400 and request.counts["generations"] == 200 and users == {"stay"}
