@@ -101,7 +101,10 @@ def flag_versions(session: Session, request: DeletionRequest) -> list[VersionFla
     _count(request, versions_flagged=len(flags))
     policy = [v for v in flagged.values() if v.kind == "policy"]
     if policy and model_settings(_project(session, request).settings).on_deleted_data == "retrain":
-        _retrain(session, request, max(v.snapshot_id or 0 for v in policy if v.snapshot_id in snapshot_ids))
+        # The newest redacted snapshot a policy version was trained on (one continued from a flagged version may
+        # have been trained on an unaffected one: then the newest redacted snapshot).
+        trained_on = [v.snapshot_id for v in policy if v.snapshot_id in snapshot_ids]
+        _retrain(session, request, max(trained_on or snapshot_ids))
     return flags
 
 
