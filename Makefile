@@ -5,7 +5,7 @@ TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-fast test-ts test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl clean
+.PHONY: install demo serve test test-fast test-ts test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl bench-deletion clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-serve: $(STAMP)
 
 bench-online-rl: $(STAMP)
 	$(BIN)/python benchmarks/online_rl.py
+
+bench-deletion: $(STAMP)
+	$(BIN)/python benchmarks/deletion.py
 
 clean:
 	rm -rf $(VENV) .editloop .pytest_cache

@@ -13,7 +13,8 @@ from api import edge, errors
 from api.deps import KeyCache, SessionDep
 from api.fold_worker import FoldWorker
 from api.group_commit import GroupCommitter
-from api.routes import adapters, datasets, events, generations, integrations, openai, project, runs
+from api.routes import adapters, consent, datasets, deletions, events, generations, integrations, openai, project, runs
+from api.routes import audit as audit_routes
 from core.db import get_sessionmaker
 from core.queue import configure as configure_queue
 from core.settings import Settings, get_settings
@@ -76,6 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(adapters.router)
     app.include_router(project.router)
     app.include_router(openai.router)
+    app.include_router(deletions.router)
+    app.include_router(consent.router)
+    app.include_router(audit_routes.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

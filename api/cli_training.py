@@ -11,11 +11,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from api.cli_common import console, err, fail, project_scope
+from api.cli_common import audited, console, err, fail, project_scope
 from core.db import session_scope
 from core.errors import EditloopError
 from core.settings import get_settings
-from trainers import registry, runs
+from trainers import registry, rights, runs
 from trainers.config import RUN_CONFIGS, parse_assignments
 from trainers.models import TrainingRun
 
@@ -197,8 +197,11 @@ def runs_cancel(run_id: Annotated[int, typer.Argument(help="Run id.")], project:
 @adapters_app.command("list")
 def adapters_list(project: ProjectOpt) -> None:
     """Versions, newest first, with their aliases and headline metrics."""
-    table = Table("version", "kind", "method", "aliases", "snapshot", "edit distance", "parse rate", "accuracy")
+    table = Table(
+        "version", "kind", "method", "aliases", "snapshot", "edit distance", "parse rate", "accuracy", "deleted data"
+    )
     with project_scope(project) as (session, found):
+        flags = rights.flags_of(session, found.id)
         by_version: dict[int, list[str]] = {}
         for alias, version_id in registry.aliases(session, found.id).items():
             by_version.setdefault(version_id, []).append(alias)
@@ -216,6 +219,7 @@ def adapters_list(project: ProjectOpt) -> None:
                 f"{replay['mean']:.3f}" if replay.get("mean") is not None else "-",
                 f"{parse['rate']:.3f}" if parse.get("rate") is not None else "-",
                 f"{acc:.3f}" if acc is not None else "-",
+                ",".join(f"deletion {f.deletion_id}" for f in flags.get(v.id, [])) or "-",
             )
     console.print(table)
 
@@ -240,6 +244,7 @@ def adapters_promote(
     with project_scope(project) as (session, found):
         event = registry.promote(session, found.id, ref, alias=alias, actor=ME, reason=reason, force=force)
         reasons = "; ".join(event.gate.get("reasons", []))
+        audited(session, found.id, "adapter.promote", f"adapter:{ref}", alias=alias, forced=event.forced)
     console.print(f"{alias} -> {ref}" + (" (forced)" if force else "") + (f": {reasons}" if reasons else ""))
 
 
@@ -256,6 +261,7 @@ def adapters_rollback(
         version = registry.get_version(session, found.id, alias)
         name = version.name
         assert event is not None
+        audited(session, found.id, "adapter.rollback", f"adapter:{name}", alias=alias)
     console.print(f"{alias} -> {name} (rolled back)")
 
 
@@ -297,6 +303,9 @@ def adapters_download(
             target = registry.copy_out(version, out)
         except registry.artifacts.ChecksumMismatch as exc:
             raise fail(f"{version.name} failed its checksum check: {exc}") from None
+        audited(
+            session, found.id, "adapter.download", f"adapter:{version.name}", manifest_sha256=version.manifest_sha256
+        )
     console.print(f"{version.name} -> {target}")
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from core.settings import Settings, get_settings
 
-TASK_MODULES = ["feedback.tasks", "trainers.tasks"]
+TASK_MODULES = ["feedback.tasks", "trainers.tasks", "trainers.rights_tasks"]
 celery_app = Celery("editloop")
 
 
@@ -43,6 +43,7 @@ def configure(settings: Settings | None = None) -> Celery:
         ),
         beat_schedule={
             "refresh-projects": {"task": "trainers.schedule_tick", "schedule": settings.refresh_interval_s},
+            "data-rights": {"task": "rights.tick", "schedule": settings.refresh_interval_s},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=False,

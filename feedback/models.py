@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -180,6 +181,10 @@ class DatasetSnapshot(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(Json)  # {kind: {train: n, eval: n}}
     row_count: Mapped[int] = mapped_column(Integer)
     build_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("dataset_builds.id", ondelete="SET NULL"))
+    # A deletion request may take rows out (the law wins over immutability): the hash the snapshot was cut with stays
+    # here for lineage, `sha256` describes what remains, and `redactions` lists each request that took rows.
+    original_sha256: Mapped[str | None] = mapped_column(String(64))
+    redactions: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list, server_default=text("'[]'"))
 
 
 class SnapshotRow(Base):

@@ -16,7 +16,7 @@ from core.db import utcnow
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
 from core.settings import Settings
-from feedback import fold, texts
+from feedback import consent, fold, texts
 from feedback.bulk import BulkWriter, dbapi_sql, pg_fetch
 from feedback.join import FEEDBACK_CODE, GENERATION_CODE
 from feedback.models import FeedbackEvent, Generation
@@ -197,8 +197,10 @@ def store(
     # all the same: the fold redacts feedback code of excluded generations.)
     newly_excluded: set[str] = set()
     excluded: set[str] = set()
-    if globs:
-        newly_excluded = {
+    # Opted-out users and repositories are stored as an excluded path is: outcome, no code (feedback/consent.py).
+    withheld = consent.withheld(session, project_id, consent.subjects(events))
+    if globs or withheld:
+        newly_excluded = withheld | {
             e.generation_id for e in events if isinstance(e, GenerationEvent) and is_excluded(e.file_path, globs)
         }
         with_code = {

@@ -249,6 +249,11 @@ class ModelSettings(BaseModel):
         50, ge=1, description="Generations with feedback each side needs before the canary policy decides."
     )
     canary_alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of the canary policy's test.")
+    on_deleted_data: Literal["flag", "retrain"] = Field(
+        "flag",
+        description="When a deletion removes data a version learned from: flag the version, or also queue a pipeline"
+        " run on the redacted snapshot (promoted through the gate as usual).",
+    )
 
 
 def model_settings(settings: dict[str, Any] | None) -> ModelSettings:

@@ -53,6 +53,9 @@ class VersionOut(BaseModel):
     manifest_sha256: str
     created_at: datetime
     aliases: list[str] = []
+    deleted_data: list[dict[str, Any]] = Field(
+        [], description="Deletion requests that removed data this version learned from: deletion_id, reason."
+    )
 
 
 class VersionDetail(VersionOut):
