@@ -23,6 +23,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from core.projects import Project
 from ml.environment import library_versions
 from trainers import gate
+from trainers.config import model_settings
 from trainers.models import AdapterAlias, AdapterVersion, AliasEvent
 
 ALIASES = ("production", "canary")
@@ -197,8 +198,10 @@ def promote(
     force: bool = False,
     now: datetime | None = None,
 ) -> AliasEvent:
-    """Move `alias` to the version `ref`, if the gate passes against the current production (or `force` with a
-    reason). Concurrent promotions are serialized on the project row; the alias table holds one row per alias."""
+    """Move `alias` to the version `ref`, if the gate passes: not worse than the base nor the current production
+    on the same held-out examples (trainers.gate), or `force` with a reason. The verdict, with its examples, n and
+    paired differences, is recorded on the alias event. Concurrent promotions are serialized on the project row; the
+    alias table holds one row per alias."""
     if alias not in ALIASES:
         raise InvalidInput(f"alias: {alias!r} is not one of {list(ALIASES)}")
     if force and not (reason or "").strip():
@@ -211,12 +214,21 @@ def promote(
     if current is not None and current.id == version.id:
         raise Conflict(f"{alias} already points at {version.name}")
     production = alias_version(session, project_id, "production")
-    verdict = gate.check(version.metrics, production.metrics if production is not None else None)
     if production is not None and production.id == version.id:
-        verdict = {**verdict, "passed": True, "reasons": ["the candidate is production"]}
+        verdict: dict[str, Any] = {"passed": True, "reasons": ["the candidate is production"]}
+    else:
+        project = session.get(Project, project_id)
+        tolerances = model_settings(project.settings if project is not None else None).gate.model_dump()
+        verdict = gate.check(evaluated(version), evaluated(production) if production is not None else None, tolerances)
     if not verdict["passed"] and not force:
         raise Conflict(f"promotion of {version.name} to {alias} refused: {'; '.join(verdict['reasons'])}")
     return _move(session, project_id, alias, version, current, "promote", actor, reason, force, verdict, now)
+
+
+def evaluated(version: AdapterVersion) -> gate.Evaluated:
+    """A version as the gate sees it: its stored evaluation, and the snapshot and token limit it was made with."""
+    config = (version.manifest or {}).get("config") or {}
+    return gate.Evaluated(version.name, version.metrics, version.snapshot_id, config.get("eval_max_new_tokens"))
 
 
 def rollback(
