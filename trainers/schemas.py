@@ -136,8 +136,12 @@ class LiveTestOut(BaseModel):
     higher_is_better: bool
     n: list[int] = Field(description="Observations per side")
     method: str = Field(description="The test used")
-    statistic: float | None = Field(description="z, the odds ratio (Fisher) or U of a (Mann-Whitney)")
-    p_value: float | None
+    statistic: float | None = Field(
+        description="log of the mixture likelihood ratio (the rates' sequential test) or U of a (Mann-Whitney)"
+    )
+    p_value: float | None = Field(description="Always valid for the rates (sequential); fixed-horizon for distances")
+    low: float | None = Field(None, description="Rates: the confidence sequence on a - b, valid at every look")
+    high: float | None = Field(None, description="Rates: the confidence sequence on a - b, valid at every look")
     verdict: Literal["better", "worse", "no significant difference", "not enough data"] = Field(
         description="About a, at the comparison's alpha and min_samples"
     )
