@@ -480,7 +480,8 @@ def apply_canary_policy(session: Session, project_id: int, actor: str = "canary-
         try:
             event = registry.promote(session, project_id, canary.name, alias="production", actor=actor, reason=reason)
         except Conflict as exc:
-            return {**record, "action": "blocked", "reason": f"{summary}; {exc.detail}"}
+            verdict = exc.verdict if isinstance(exc, registry.PromotionRefused) else None
+            return {**record, "action": "blocked", "reason": f"{summary}; {exc.detail}", "gate": verdict}
         event.gate = {**event.gate, "live": _evidence(comparison)}
         registry.clear_alias(
             session, project_id, "canary", actor=actor, reason=f"promoted to production; {summary}", gate={}

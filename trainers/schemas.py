@@ -90,7 +90,12 @@ class AliasEventOut(BaseModel):
     actor: str
     reason: str | None
     forced: bool
-    gate: dict[str, Any]
+    gate: dict[str, Any] = Field(
+        description="The promotion gate's verdict: passed, reasons, examples (snapshot, split, n) and, under "
+        "`against`, the paired differences with their intervals against the base and production; `live`: the "
+        "canary policy's sequential test"
+    )
+    summary: str = Field("", description="The verdict's paired differences, one line per comparison")
     created_at: datetime
 
 
