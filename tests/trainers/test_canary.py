@@ -18,6 +18,7 @@ from core.projects import Project, create_project
 from core.settings import Settings
 from feedback.service import ingest
 from trainers import canary, registry, tasks
+from trainers.config import model_settings
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 COMPLETION = "abcdefghij"  # 10 characters: replacing k of them is a normalized edit distance of k / 10
@@ -400,3 +401,26 @@ def test_the_scheduled_tick_applies_the_policy(tmp_path: Path, monkeypatch: pyte
         get_settings.cache_clear()
     assert aliases(url, pid) == {"production": "v1"}  # the canary v2 was rolled back
     assert aliases(url, idle) == {"production": "v1", "canary": "v2"}
+
+
+def test_the_adaptive_share_grows_when_the_canary_leads(
+    db_url: str, tmp_path: Path, adapter: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = new_project(db_url, min_samples=20)
+    prod, canary_name = production_and_canary(db_url, tmp_path, pid, adapter)
+    with session_scope(db_url) as session:
+        project = session.get(Project, pid)
+        assert project is not None
+        project.settings = {"model": {**project.settings["model"], "canary_adaptive_share": True}}
+    send(db_url, pid, served(canary_name, accepted=20, rejected=20, start=T0 + timedelta(minutes=1)))
+    send(db_url, pid, served(prod, accepted=10, rejected=30, start=T0 + timedelta(minutes=1)))
+    monkeypatch.setattr(canary, "_shares", {})
+    with session_scope(db_url) as session:
+        project = session.get(Project, pid)
+        assert project is not None
+        settings = model_settings(project.settings)
+        canary.version_metrics(session, pid, canary_name)  # folds what Postgres queued (the share reads as folded)
+        share = canary.canary_share(session, pid, canary_name, settings)
+        assert settings.canary_share < share < settings.canary_share_max
+        fixed = settings.model_copy(update={"canary_adaptive_share": False})
+        assert canary.canary_share(session, pid, canary_name, fixed) == settings.canary_share
