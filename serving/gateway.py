@@ -23,6 +23,7 @@ from core.settings import Settings
 from serving.backend import Adapter, Backend, Params, Result, Target
 from serving.schemas import ChatRequest, CompletionRequest, ModelCard, ModelList
 from trainers import registry
+from trainers.canary import canary_share
 from trainers.config import model_settings
 from trainers.models import AdapterVersion
 
@@ -107,8 +108,10 @@ class Gateway:
             raise NotFound(f"model: {exc.detail}; GET /v1/models lists what can be asked for") from None
         if model == "production":
             canary = registry.alias_version(session, project_id, "canary")
-            if canary is not None and canary.id != version.id and canary_draw(user, canary.name, settings.canary_share):
-                version, alias = canary, "canary"
+            if canary is not None and canary.id != version.id:
+                share = canary_share(session, project_id, canary.name, settings)
+                if canary_draw(user, canary.name, share):
+                    version, alias = canary, "canary"
         if version.kind != "policy":
             raise InvalidInput(f"model: {version.name} is a {version.kind} model; only policy adapters generate")
         return Resolved(model, alias, version.name, _target(version))

@@ -226,6 +226,25 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return out
 
 
+class GateSettings(BaseModel):
+    """The promotion gate's tolerances (trainers.gate): how much worse than the base or production a candidate may
+    be, at the near end of the 95% interval of the paired difference, before it is refused. 0: not worse beyond
+    noise; None: the measure is not gated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    edit_distance: float | None = Field(0.0, ge=0, description="Edit replay distance to what users kept (0-1).")
+    parse_rate: float | None = Field(0.0, ge=0, description="Share of Python generations that parse.")
+    empty: float | None = Field(0.0, ge=0, description="Share of empty (whitespace-only) generations.")
+    degenerate: float | None = Field(
+        0.0, ge=0, description="Share of generations that end in a repetition loop (one chunk repeated 3+ times)."
+    )
+    truncated: float | None = Field(0.0, ge=0, description="Share of generations cut off at the token limit.")
+    length_shortfall: float | None = Field(
+        0.0, ge=0, description="How much shorter than what the user kept (0 as long or longer, 1 empty), on average."
+    )
+
+
 class ModelSettings(BaseModel):
     """A project's model settings (project.settings["model"]): which base it trains, and what the schedule runs."""
 
@@ -248,7 +267,27 @@ class ModelSettings(BaseModel):
     canary_min_samples: int = Field(
         50, ge=1, description="Generations with feedback each side needs before the canary policy decides."
     )
-    canary_alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of the canary policy's test.")
+    canary_alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=0.5,
+        description="Chance of a false decision over the whole canary, however often the tick checks (its test is "
+        "sequential).",
+    )
+    canary_effect_size: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="Difference in acceptance rate the sequential test is tuned to decide fastest (its mixture's "
+        "scale); any size is detected, this one soonest.",
+    )
+    canary_adaptive_share: bool = Field(
+        False,
+        description="Grow the canary's share from canary_share toward canary_share_max as evidence that it is better "
+        "accrues; it falls back to canary_share when the evidence turns.",
+    )
+    canary_share_max: float = Field(0.5, ge=0.0, le=1.0, description="Ceiling of the adaptive canary share.")
+    gate: GateSettings = Field(default_factory=GateSettings, description="The promotion gate's tolerances.")
     on_deleted_data: Literal["flag", "retrain"] = Field(
         "flag",
         description="When a deletion removes data a version learned from: flag the version, or also queue a pipeline"

@@ -120,3 +120,19 @@ class VersionFlag(Base):
     # The manifest's hash before the deletion took the example texts out of it (None: nothing to take).
     manifest_sha256_before: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AdapterEvaluation(Base):
+    """A later evaluation of a version on its own snapshot's eval examples, against the production version of that
+    time (and the base). Versions never change, so what the promotion gate needs when production has moved since a
+    version was trained is stored beside it (trainers.reevaluate)."""
+
+    __tablename__ = "adapter_evaluations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    version_id: Mapped[int] = mapped_column(BigId, ForeignKey("adapter_versions.id"), index=True)
+    production_version_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("adapter_versions.id"))
+    metrics: Mapped[dict[str, Any]] = mapped_column(Json)  # {"eval": ...} as a version's own
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

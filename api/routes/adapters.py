@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from api import audit
 from api.deps import AdminKey, SessionDep
-from trainers import canary, registry, rights
+from trainers import canary, gate, registry, rights
 from trainers.models import AdapterVersion, AliasEvent
 from trainers.schemas import (
     AliasEventList,
@@ -53,6 +53,7 @@ def _event(session: Session, event: AliasEvent) -> AliasEventOut:
         version=name(event.version_id) or "?",
         previous_version=name(event.previous_version_id),
         gate=event.gate,
+        summary=gate.summary(event.gate or {}),
         created_at=event.created_at,
     )
 
@@ -70,7 +71,10 @@ def list_adapters(session: SessionDep, key: AdminKey, kind: str | None = None) -
     return VersionList(items=items, aliases=names)
 
 
-@router.get("/v1/adapters/history", summary="Every promotion and rollback: who, when, why, what the gate said")
+@router.get(
+    "/v1/adapters/history",
+    summary="Every promotion and rollback: who, when, why, and the gate's paired verdict against base and production",
+)
 def alias_history(session: SessionDep, key: AdminKey, alias: str | None = None) -> AliasEventList:
     return AliasEventList(items=[_event(session, e) for e in registry.history(session, key.project_id, alias)])
 
