@@ -57,10 +57,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core.host_memory import page_out_file_backed, steady_heap
 from ml.environment import native_bf16_cpu
 from ml.trl_run import Progress, Trained, fit, lora_config, planned_steps, start_model, trained_adapter_only, trl_args
 from trainers.config import DPORunConfig
+from trainers.cpu.host_memory import page_out_file_backed, steady_heap
 from trainers.data import as_text
 
 CPU_ACTIVATION_BUDGET = 2**21  # tokens x hidden size x layers in one forward pass on the CPU

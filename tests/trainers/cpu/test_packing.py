@@ -366,9 +366,9 @@ def test_a_bf16_run_pages_out_the_mapped_fp32_weights_and_reads_them_back(tiny_m
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core import host_memory
     from ml.loading import load_tokenizer
     from trainers.config import DPORunConfig
+    from trainers.cpu import host_memory
     from trainers.methods import dpo
 
     if host_memory._libc() is None:
