@@ -30,19 +30,22 @@ class DPORunConfig(BaseRunConfig):
         None,
         ge=1,
         description="Pairs per forward pass; a step accumulates batch_size / micro_batch_size of them (the same "
-        "gradient, less activation memory and padding). None: on a GPU batch_size; on the CPU as many as keep a pass "
-        "within ~2M activation elements (tokens x hidden size x layers): the whole batch for a toy model, 1-2 pairs "
-        "from ~25M parameters up.",
+        "gradient, less activation memory and padding). None: batch_size, or with cpu_speedups on the CPU as many as "
+        "keep a pass within ~2M activation elements (tokens x hidden size x layers).",
     )
-
+    cpu_speedups: bool = Field(
+        True,
+        description="On the CPU, train through our speedups of TRL's DPOTrainer (trainers/cpu: shared-prefix "
+        "packing, micro-batches, a bf16 frozen base per cpu_bf16_base, TRL and PEFT internals patched, a steady "
+        "heap): the same loss in less time and memory. false: TRL's DPOTrainer as it is. Never on CUDA.",
+    )
     cpu_bf16_base: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="On the CPU, the frozen base's linear layers multiply in bf16 (a bf16 copy of their weights, "
-        "half the fp32 size again; the LoRA matrices, the loss and the fp32 weights unchanged), each packed pair "
-        "padded to a multiple of 16 tokens so that few matmul shapes occur. auto: on where the CPU has native bf16 "
-        "(AVX512-BF16 or AMX) and the model is at least 192 wide: ~1.3x the pairs/s at ~1.1x the peak memory "
-        "on a 26M model (hidden 512), 1.09x at hidden 192, none at 128 (and +80 MB); elsewhere bf16 is emulated and "
-        "far slower. Never on CUDA (TRL's bf16 autocast applies there).",
+        description="With cpu_speedups on the CPU, the frozen base's linear layers multiply in bf16 (a bf16 copy of "
+        "their weights, half their fp32 size again; the LoRA matrices, the loss and the fp32 weights unchanged), and "
+        "packed pairs are padded to a multiple of 16 tokens so that few matmul shapes occur. auto: where the CPU has "
+        "native bf16 (AVX512-BF16 or AMX; elsewhere bf16 is emulated and far slower) and the model is at least 192 "
+        "wide (narrower, its matmuls are too small to gain).",
     )
 
     @field_validator("micro_batch_size")
