@@ -12,7 +12,9 @@ import logging
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api import metrics
 from api.group_commit import TRANSIENT_RETRY
+from core import logs
 from feedback import fold
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ class Folder:
         self._task: asyncio.Task[None] | None = None
         self.folded = 0  # generations written since start
         self._postgres: bool | None = None  # known at the first drain
+        self._requests: set[str] = set()  # ids of the requests whose commits poked the folder since its last drain
 
     async def __aenter__(self) -> "Folder":
         self._task = asyncio.create_task(self._loop())
@@ -42,6 +45,9 @@ class Folder:
             log.warning("folding at shutdown failed; the queue keeps the rows", exc_info=True)
 
     def poke(self) -> None:
+        rid = logs.request_id.get()
+        if rid and len(self._requests) < 100:
+            self._requests.add(rid)
         self._wake.set()
 
     async def _loop(self) -> None:
@@ -67,4 +73,9 @@ class Folder:
             with self.sessions() as session:
                 self._postgres = session.get_bind().dialect.name == "postgresql"
         if self._postgres:
-            self.folded += TRANSIENT_RETRY(fold.drain, self.sessions, self.batch_rows)
+            requests, self._requests = sorted(self._requests), set()
+            folded = TRANSIENT_RETRY(fold.drain, self.sessions, self.batch_rows)
+            self.folded += folded
+            if folded:
+                metrics.FOLDED.inc(folded)
+                log.info("folded %d generations", folded, extra={"generations": folded, "request_ids": requests})

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from api import metrics
 from core.projects import Principal
 from core.settings import Settings
 from feedback import fold, service
@@ -129,6 +130,7 @@ class GroupCommitter:
             if not group:
                 continue
             size = sum(len(s.batch.events) for s in group)
+            metrics.GROUP_COMMIT.observe(size)
             self._in_flight.append(size)
             try:
                 outcomes = await asyncio.get_running_loop().run_in_executor(self._threads, self._write, group)
@@ -223,4 +225,5 @@ class GroupCommitter:
                 if e.event_id in stored[project_id] and owner[project_id, e.event_id] is submission
             }
             results.append(service.tally(submission.batch, mine, secrets[project_id]))
+            metrics.ingested((e.type, "stored" if e.event_id in mine else "duplicate") for e in submission.batch.events)
         return results
