@@ -1,6 +1,6 @@
 """The console's pages: Overview, Feedback, Data, Runs, Adapters, Canary. Each page reads the services the API
 routes read (feedback.service, feedback.snapshots, trainers.runs, trainers.registry, trainers.live) plus the
-overview's rollup (queries.py), and renders a Jinja2 template; a run's page polls `runs/{id}.json` for its progress
+overview's rollup (queries.py), and renders a Jinja2 template; a run's page polls `runs/{id}/live` for its progress
 and curves. Promote and roll back go through trainers.registry like the API, behind the session's CSRF token; a
 refusal is shown on the page with the gate's reasons, at the status api/errors.py gives it."""
 
@@ -211,7 +211,7 @@ def run_page(request: Request, session: SessionDep, who: Who, run_id: int) -> Re
     return render(request, who, "run", run=run, names=names, figures=queries.figures(run.metrics))
 
 
-@router.get("/runs/{run_id}.json")
+@router.get("/runs/{run_id}/live")
 def run_json(session: SessionDep, who: Who, run_id: int) -> Response:
     run = RunOut.model_validate(runs.get_run(session, who.principal.project_id, run_id))
     return JSONResponse(run.model_dump(mode="json"), headers={"Cache-Control": "no-store"})

@@ -50,9 +50,8 @@
       data: {
         labels: sides.map((s) => s[0]),
         datasets: [
-          { label: "rate", data: sides.map((s) => s[1].rate), backgroundColor: ["#2855c8", "#9aa5b8"] },
-          { label: "95% low", data: sides.map((s) => s[1].low), type: "line", showLine: false, pointStyle: "line", pointRadius: 14, borderColor: "#141a26" },
-          { label: "95% high", data: sides.map((s) => s[1].high), type: "line", showLine: false, pointStyle: "line", pointRadius: 14, borderColor: "#141a26" },
+          { label: "acceptance rate", type: "line", data: sides.map((s) => s[1].rate), showLine: false, pointRadius: 7, pointStyle: "rectRot", borderColor: "#141a26", backgroundColor: "#141a26" },
+          { label: "95% interval", data: sides.map((s) => [s[1].low, s[1].high]), backgroundColor: ["#2855c855", "#9aa5b888"], borderColor: ["#2855c8", "#6b7280"], borderWidth: 1, barPercentage: 0.4 },
         ],
       },
       options: { ...base, indexAxis: "x", scales: { y: { min: 0, max: 1 } } },
@@ -98,7 +97,7 @@
     show(first);
     if (box.dataset.active !== "yes") return;
     const timer = setInterval(async () => {
-      const response = await fetch(`/ui/runs/${box.dataset.run}.json`, { credentials: "same-origin" });
+      const response = await fetch(`/ui/runs/${box.dataset.run}/live`, { credentials: "same-origin" });
       if (!response.ok) return;
       const r = await response.json();
       show(r);
