@@ -23,7 +23,7 @@ from core.errors import EditloopError, InvalidInput, Unauthenticated
 from core.projects import ApiKey, Role
 from feedback import service as feedback
 from feedback import snapshots
-from trainers import live, registry, runs
+from trainers import gate, live, registry, runs
 from trainers.schemas import RunOut
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -36,6 +36,9 @@ PAGES = [
     ("adapters", "Adapters", "/ui/adapters"),
     ("canary", "Canary", "/ui/canary"),
 ]
+
+
+GATE_VERSIONS = 10
 
 
 class SignIn(Exception):
@@ -225,7 +228,19 @@ def _adapters_context(session: Session, project_id: int) -> dict[str, Any]:
     for alias, version_id in aliases.items():
         by_version.setdefault(version_id, []).append(alias)
     history = registry.history(session, project_id)
+    production = next((v for v in versions if aliases.get("production") == v.id), None)
+    # What the gate would answer now for each recent policy version against production (bootstraps: the latest few).
+    recent = [v for v in versions if v.kind == "policy"][:GATE_VERSIONS]
+    verdicts = {
+        v.id: gate.check(v.metrics, production.metrics if production is not None and production.id != v.id else None)
+        for v in recent
+    }
     return {
+        "production": production,
+        "verdicts": verdicts,
+        "gate_figures": {
+            vid: queries.figures({k: x for k, x in g.items() if k != "reasons"}) for vid, g in verdicts.items()
+        },
         "versions": versions,
         "aliases": {alias: names.get(vid, "?") for alias, vid in aliases.items()},
         "by_version": by_version,
