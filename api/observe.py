@@ -33,7 +33,10 @@ async def observe(app: App, scope: dict[str, Any], receive: Any, send: Any) -> N
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
-            message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            # Server time up to the response's start: for a page, everything it took to render it.
+            timing = f"app;dur={(time.perf_counter() - started) * 1000:.1f}".encode()
+            extra = [(b"x-request-id", rid.encode()), (b"server-timing", timing)]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
         await send(message)
 
     try:

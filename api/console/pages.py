@@ -5,7 +5,7 @@ and curves. Promote and roll back go through trainers.registry like the API, beh
 refusal is shown on the page with the gate's reasons, at the status api/errors.py gives it."""
 
 import difflib
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -136,9 +136,10 @@ def _when(value: str | None, field: str) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidInput(f"{field}: {value!r} is not a date or time (ISO 8601)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # a date or naive time is UTC
 
 
 @router.get("/feedback")
