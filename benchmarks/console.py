@@ -34,7 +34,7 @@ import uvicorn  # noqa: E402
 
 from core.db import get_engine, session_scope  # noqa: E402
 from core.migrate import upgrade  # noqa: E402
-from core.projects import Role, create_key, create_project  # noqa: E402
+from core.projects import Role, create_key, create_project, get_project  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
 ADMIN = os.environ.get("EDITLOOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -44,13 +44,15 @@ INSERT INTO feedback_events (id, project_id, event_id, type, generation_id, occu
 SELECT i, :p, 'e' || i || ':gen', 'generation', 'g' || i, now() - (:n - i) * interval '60 days' / :n,
        now() - (:n - i) * interval '60 days' / :n,
        json_build_object('prompt', '# task ' || i || E'\\ndef f_' || i || '(x):', 'completion',
-                         E'\\n    total = 0\\n    for v in x:\\n        total += v * ' || (i % 7) || E'\\n    return total\\n',
+                         E'\\n    total = 0\\n    for v in x:\\n        total += v * ' || (i % 7)
+                         || E'\\n    return total\\n',
                          'model', 'm', 'language', 'python'),
        false
 FROM generate_series(1, :n) AS i;
 
 INSERT INTO feedback_events (id, project_id, event_id, type, generation_id, occurred_at, received_at, payload, excluded)
-SELECT :n + i, :p, 'e' || i || ':edit', 'edited', 'g' || i, now() - (:n - i) * interval '60 days' / :n + interval '20 s',
+SELECT :n + i, :p, 'e' || i || ':edit', 'edited', 'g' || i,
+       now() - (:n - i) * interval '60 days' / :n + interval '20 s',
        now() - (:n - i) * interval '60 days' / :n + interval '20 s',
        json_build_object('final_text', E'\\n    return sum(v * ' || (i % 7) || E' for v in x)\\n'), false
 FROM generate_series(1, :n) AS i WHERE i % 20 IN (0, 1, 2);
@@ -118,8 +120,12 @@ def registry_rows(cur: psycopg.Cursor, project_id: int) -> None:
     previous = None
     for number, distance in ((1, 0.4), (2, 0.3), (3, 0.32)):
         per_example = [{"key": f"k{i}", "distance": distance + 0.01 * (i % 7), "parses": 1.0} for i in range(64)]
-        metrics = {"eval": {"edit_replay": {"mean": distance, "low": distance - 0.03, "high": distance + 0.03},
-                            "per_example": per_example}}
+        metrics = {
+            "eval": {
+                "edit_replay": {"mean": distance, "low": distance - 0.03, "high": distance + 0.03},
+                "per_example": per_example,
+            }
+        }
         cur.execute(
             "INSERT INTO adapter_versions (project_id, number, name, kind, method, run_id, snapshot_id, parent_id,"
             " base_model, uri, manifest_sha256, manifest, metrics, created_at) VALUES (%s, %s, %s, 'policy', 'dpo',"
@@ -138,7 +144,8 @@ def registry_rows(cur: psycopg.Cursor, project_id: int) -> None:
         alias = "canary" if number == 3 else "production"
         cur.execute(
             "INSERT INTO adapter_aliases (project_id, alias, version_id, updated_at) VALUES (%s, %s, %s,"
-            " now() - interval '3 days') ON CONFLICT (project_id, alias) DO UPDATE SET version_id = excluded.version_id",
+            " now() - interval '3 days')"
+            " ON CONFLICT (project_id, alias) DO UPDATE SET version_id = excluded.version_id",
             (project_id, alias, previous),
         )
 
@@ -149,32 +156,43 @@ def main() -> None:
     parser.add_argument("--training-rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="Keep the database (its name is printed).")
+    parser.add_argument("--database", help="Time the pages of a database kept by an earlier --keep run (no load).")
     args = parser.parse_args()
 
-    name = f"editloop_bench_console_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = args.database or f"editloop_bench_console_{uuid.uuid4().hex[:8]}"
+    if args.database:
+        args.keep = True
+    else:
+        with psycopg.connect(ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
     base = ADMIN.rsplit("/", 1)[0]
     url = f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
     results: dict = {"generations": args.generations, "machine": platform.node(), "cpus": os.cpu_count()}
     try:
-        upgrade(url)
-        with session_scope(url) as session:
-            project = create_project(session, "bench")
-            _, admin_key = create_key(session, project, Role.admin)
-            project_id = project.id
-        started = time.perf_counter()
-        with psycopg.connect(f"{base}/{name}", autocommit=True) as conn:
-            sql = LOAD.replace(":n", str(args.generations)).replace(":rows", str(args.training_rows))
-            sql = sql.replace(":p", str(project_id))
-            for statement in filter(str.strip, sql.split(";\n")):
-                conn.execute(statement)
-            with conn.cursor() as cur:
-                registry_rows(cur, project_id)
-            conn.execute("VACUUM ANALYZE")
-        results["load_s"] = round(time.perf_counter() - started, 1)
-        print(f"loaded {args.generations:,} generations in {results['load_s']} s")
-
+        if args.database:
+            with psycopg.connect(f"{base}/{name}") as conn:
+                args.generations = results["generations"] = conn.execute("SELECT count(*) FROM generations").fetchone()[
+                    0
+                ]
+            with session_scope(url) as session:
+                _, admin_key = create_key(session, get_project(session, "bench"), Role.admin)
+        else:
+            upgrade(url)
+            with session_scope(url) as session:
+                project = create_project(session, "bench")
+                _, admin_key = create_key(session, project, Role.admin)
+                project_id = project.id
+            started = time.perf_counter()
+            with psycopg.connect(f"{base}/{name}", autocommit=True) as conn:
+                sql = LOAD.replace(":n", str(args.generations)).replace(":rows", str(args.training_rows))
+                sql = sql.replace(":p", str(project_id))
+                for statement in filter(str.strip, sql.split(";\n")):
+                    conn.execute(statement)
+                with conn.cursor() as cur:
+                    registry_rows(cur, project_id)
+                conn.execute("VACUUM ANALYZE")
+            results["load_s"] = round(time.perf_counter() - started, 1)
+            print(f"loaded {args.generations:,} generations in {results['load_s']} s")
         settings = Settings(database_url=url, data_dir=Path(f"/tmp/{name}"))
         from api.app import create_app
 

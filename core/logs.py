@@ -99,5 +99,7 @@ def connect_celery() -> None:
 
     @signals.task_prerun.connect(weak=False)
     def _prerun(task: Any = None, **_: Any) -> None:
-        rid = getattr(getattr(task, "request", None), "request_id", None)
+        request = getattr(task, "request", None)
+        # Celery puts a message's custom headers on the request itself (older protocols: under `headers`).
+        rid = getattr(request, "request_id", None) or (getattr(request, "headers", None) or {}).get("request_id")
         request_id.set(rid or new_id())

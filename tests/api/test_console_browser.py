@@ -225,7 +225,7 @@ def test_console_end_to_end(site: dict, browser) -> None:
     # Every page links to the next; signing out ends the session.
     visit("/ui")
     for key in ("feedback", "data", "runs", "adapters", "canary"):
-        page.click(f"footer a.next")
+        page.click("footer a.next")
         assert page.locator(f'nav a.active[data-nav="{key}"]').count() == 1
     page.click("#sign-out")
     page.wait_for_url("**/ui/login")
@@ -240,9 +240,7 @@ def test_state_changes_need_the_session_csrf_token(site: dict) -> None:
         client.cookies.set("editloop_console", signed_in.cookies["editloop_console"], path="/ui")
         forged = client.post("/ui/adapters/v1/promote", data={"alias": "production", "reason": "x"})
         assert forged.status_code == 403 and "csrf_token" in forged.json()["detail"]
-        cross = client.post(
-            "/ui/logout", data={"csrf_token": "whatever"}, headers={"Origin": "https://evil.example"}
-        )
+        cross = client.post("/ui/logout", data={"csrf_token": "whatever"}, headers={"Origin": "https://evil.example"})
         assert cross.status_code == 403
         assert client.get("/ui/data").status_code == 200  # still signed in
         assert client.post("/ui/login", data={"key": "elk_nope"}).status_code == 401
