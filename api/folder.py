@@ -8,13 +8,13 @@ processes fold side by side: each takes rows that no one else holds."""
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api import metrics
 from api.group_commit import TRANSIENT_RETRY
-from core import logs
 from feedback import fold
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,10 @@ class Folder:
         except Exception:
             log.warning("folding at shutdown failed; the queue keeps the rows", exc_info=True)
 
-    def poke(self) -> None:
-        rid = logs.request_id.get()
-        if rid and len(self._requests) < 100:
-            self._requests.add(rid)
+    def poke(self, request_ids: Iterable[str] = ()) -> None:
+        """Fold soon; `request_ids` (of the ingest requests just committed) go on the fold's log line."""
+        if len(self._requests) < 100:
+            self._requests.update(request_ids)
         self._wake.set()
 
     async def _loop(self) -> None:

@@ -68,10 +68,14 @@ def setup(fmt: str | None = None, level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("EDITLOOP_LOG_LEVEL", "INFO"))
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task", "celery.worker"):
+    for name in ("uvicorn", "uvicorn.error", "celery", "celery.task", "celery.worker"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # `editloop.access` (api/observe.py) replaces uvicorn's access line: it has the request id, route and key hint.
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers[:] = []
+    uvicorn_access.propagate = False
 
 
 def log_config() -> dict[str, Any]:
