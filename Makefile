@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl clean
+.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl bench-console clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-ingest: $(STAMP)
 
 bench-pairs: $(STAMP)
 	$(BIN)/python benchmarks/pairs.py
+
+bench-console: $(STAMP)
+	$(BIN)/python benchmarks/console.py
 
 bench-dpo: $(STAMP)
 	$(BIN)/python benchmarks/dpo.py

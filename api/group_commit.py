@@ -115,7 +115,7 @@ class GroupCommitter:
             async with self._slots:
                 if not self._writers:  # grouping is off, or the app is stopping
                     outcome = (await run_in_threadpool(self._write, [submission]))[0]
-                    self._committed([outcome])
+                    self._committed([outcome], [submission])
                     if isinstance(outcome, Exception):
                         raise outcome
                     return outcome

@@ -122,7 +122,7 @@ def overview(request: Request, session: SessionDep, who: Who) -> Response:
     pid = who.principal.project_id
     series = queries.overview_series(session, pid)
     aliases = {alias: registry.get_version(session, pid, alias) for alias in registry.aliases(session, pid)}
-    context = {
+    context: dict[str, Any] = {
         "series": series,
         "aliases": aliases,
         "active": queries.active_run(session, pid),

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -95,6 +96,21 @@ def post(url: str, key: str, events: list[dict]) -> None:
             assert r.status_code == 200 and not r.json()["errors"], r.text
 
 
+def wait_for_a_step(site: dict, trainer: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Until the run reports a training step; fails with the run's error if it ends first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with session_scope(site["db"]) as session:
+            run = runs.get_run(session, site["project_id"], site["run_id"])
+            status, progress, error = run.status, dict(run.progress or {}), run.error
+        if progress.get("step"):
+            return
+        if status not in ("queued", "running") or trainer.poll() is not None:
+            pytest.fail(f"run {status} before a step (trainer exit {trainer.poll()}): {progress} {error}")
+        time.sleep(0.5)
+    pytest.fail(f"no step within {timeout_s} s: {status} {progress}")
+
+
 def expected_status(problems: list[str], status: int) -> None:
     """Chromium logs a page answered with an error status as a console error: the refusals this test provokes."""
     assert problems and all(f"status of {status}" in p for p in problems), problems
@@ -149,7 +165,8 @@ def test_console_end_to_end(site: dict, browser) -> None:
     try:
         visit(f"/ui/runs/{site['run_id']}")
         page.evaluate("window.__noReload = true")
-        page.wait_for_function("document.getElementById('run-step').textContent.startsWith('step')", timeout=240_000)
+        wait_for_a_step(site, trainer)
+        page.wait_for_function("document.getElementById('run-step').textContent.startsWith('step')", timeout=30_000)
         page.wait_for_function(
             "Chart.getChart('chart-curves').data.datasets.some(d => d.data.length >= 3)", timeout=60_000
         )
