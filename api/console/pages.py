@@ -233,7 +233,9 @@ def _adapters_context(session: Session, project_id: int) -> dict[str, Any]:
     # What the gate would answer now for each recent policy version against production (bootstraps: the latest few).
     recent = [v for v in versions if v.kind == "policy"][:GATE_VERSIONS]
     verdicts = {
-        v.id: gate.check(v.metrics, production.metrics if production is not None and production.id != v.id else None)
+        v.id: {"passed": True, "reasons": ["this version is production"]}
+        if production is not None and production.id == v.id
+        else gate.check(v.metrics, production.metrics if production is not None else None)
         for v in recent
     }
     return {
