@@ -249,16 +249,3 @@ def test_console_end_to_end(site: dict, browser) -> None:
     page.wait_for_url("**/ui/login")
     assert page.goto(url + "/ui/adapters") is not None and page.url.endswith("/ui/login")
     assert not problems, problems
-
-
-def test_state_changes_need_the_session_csrf_token(site: dict) -> None:
-    with httpx.Client(base_url=site["url"]) as client:
-        signed_in = client.post("/ui/login", data={"key": site["admin_key"]})
-        assert signed_in.status_code == 303
-        client.cookies.set("editloop_console", signed_in.cookies["editloop_console"], path="/ui")
-        forged = client.post("/ui/adapters/v1/promote", data={"alias": "production", "reason": "x"})
-        assert forged.status_code == 403 and "csrf_token" in forged.json()["detail"]
-        cross = client.post("/ui/logout", data={"csrf_token": "whatever"}, headers={"Origin": "https://evil.example"})
-        assert cross.status_code == 403
-        assert client.get("/ui/data").status_code == 200  # still signed in
-        assert client.post("/ui/login", data={"key": "elk_nope"}).status_code == 401

@@ -88,7 +88,7 @@
       const p = r.progress || {};
       document.getElementById("run-stage").textContent = p.stage || "-";
       const bar = document.getElementById("run-bar");
-      bar.max = p.total || 1; bar.value = p.step || 0;
+      bar.max = p.total || 1; bar.value = r.status === "succeeded" ? bar.max : p.step || 0;
       document.getElementById("run-step").textContent = p.total ? `step ${p.step}/${p.total}` : "";
       document.getElementById("run-eta").textContent = p.eta_s ? `ETA ${Math.round(p.eta_s)} s` : "";
       const status = document.querySelector("#run-status .badge");
