@@ -1,17 +1,19 @@
 # The same commands CI runs. `make demo` and `make test` do all of the set-up on a fresh machine.
 PYTHON ?= python3.11
 VENV ?= .venv
+TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl bench-console clean
+.PHONY: install demo serve test test-ts test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl bench-console clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned: any other request pulls gigabytes of CUDA packages.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[train,dev]'
+	# torch first, pinned. From PyPI on Linux that is the CUDA build (gigabytes); for a CPU-only machine pass
+	# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu.
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(BIN)/pip install --quiet -e '.[train,dev]' -e clients/python
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +26,10 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The TypeScript client's tests start `editloop serve` with this repository's .venv.
+test-ts: $(STAMP)
+	cd clients/typescript && npm ci --no-audit --no-fund && EDITLOOP_PYTHON=$(abspath $(BIN))/python npm test
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

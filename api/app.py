@@ -6,15 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from sqlalchemy import text
 
-from api import errors, metrics
+from api import edge, errors, metrics
 from api.console.pages import install as install_console
 from api.console.pages import router as console_router
 from api.console.static import mount as mount_console_static
 from api.deps import KeyCache, SessionDep
-from api.folder import Folder
+from api.fold_worker import FoldWorker
 from api.group_commit import GroupCommitter
 from api.observe import observe
 from api.routes import adapters, datasets, events, generations, integrations, openai, project, runs
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.folder = Folder(app.state.sessions, settings.fold_delay_ms / 1000, settings.fold_batch_rows)
+        app.state.folder = FoldWorker(app.state.sessions, settings.fold_delay_ms / 1000, settings.fold_batch_rows)
         app.state.group_commit = GroupCommitter(
             app.state.sessions,
             max_events=settings.group_commit_max_events,
@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Collects what editor users do with generated code, so a coding tool can train its own model.",
         lifespan=lifespan,
+        max_body_size=settings.max_request_bytes,  # refused as it streams in, before a route reads it whole
+        dependencies=[Depends(edge.check_request)],  # every route's input, checked once
     )
     app.state.settings = settings
     configure_queue(settings)  # runs are queued from requests: messages go to this settings' broker

@@ -5,10 +5,13 @@ from typing import Any
 import orjson
 from fastapi import Request
 
+from api.edge import json_problem
 from core.errors import InvalidInput, MalformedBody, PayloadTooLarge
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, storable: bool = True) -> Any:
+    """The body as parsed JSON, refused past `limit` bytes. With `storable`, also refused where Postgres could not
+    store a value (api.edge.json_problem); event batches pass False: they refuse such an event alone."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -25,6 +28,10 @@ async def read_json(request: Request, limit: int) -> Any:
             raise PayloadTooLarge(f"body: more than the limit of {limit} bytes")
         chunks.append(chunk)
     try:
-        return orjson.loads(b"".join(chunks))
+        body = orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"body: not valid JSON in UTF-8 ({exc})") from None
+    problem = json_problem(body) if storable else None
+    if problem is not None:
+        raise InvalidInput(problem)
+    return body

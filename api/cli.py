@@ -53,7 +53,7 @@ def db_current() -> None:
 def db_fold(
     status: Annotated[bool, typer.Option("--status", help="Only show what is queued; fold nothing.")] = False,
 ) -> None:
-    """Fold the events that deferred ingest has queued into `generations` now (the API's folder does this by
+    """Fold the events that deferred ingest has queued into `generations` now (the API's fold worker does this by
     itself a moment after each ingest; this is for a server that is stopped, or before a downgrade)."""
     from core.db import get_sessionmaker, session_scope
     from feedback import fold
@@ -314,7 +314,8 @@ def demo(
     gateway to simulated editor users over HTTP, and let their accepts, edits and rejects train it for a few rounds
     (rows -> reward model -> policy -> evaluation -> promotion). Prints the acceptance rate, edit distance and reward
     accuracy per round, and writes them as JSON and a PNG plot."""
-    from api.demo import load_taste, run_demo
+    from demo.run import run_demo
+    from demo.tastes import load_taste
 
     try:
         load_taste(taste)

@@ -324,10 +324,10 @@ def adapters_metrics(
     """Live metrics of a served version from the feedback on its own generations: acceptance rate (accepted and
     never edited) and edit rate over the generations with feedback, with Wilson 95% intervals, and the mean
     normalized edit distance of its edited generations with a bootstrap 95% interval."""
-    from trainers import live
+    from trainers import canary
 
     with project_scope(project) as (session, found):
-        m = live.version_metrics(session, found.id, ref, since)
+        m = canary.version_metrics(session, found.id, ref, since)
     title = ref if ref == m["model"] else f"{ref} ({m['model']})"
     table = Table("metric", "value", title=title + (f" since {m['since']:%Y-%m-%d %H:%M}" if since else ""))
     for key in ("served", "with_feedback", "accepted", "edited", "rejected"):
@@ -353,10 +353,10 @@ def adapters_compare(
     edit rates by a two-proportion z-test (Fisher's exact test for small counts), edit distances by a Mann-Whitney
     U test. Each row names its test, statistic and p-value; the verdict is about A. The canary policy acts on the
     acceptance rate's verdict."""
-    from trainers import live
+    from trainers import canary
 
     with project_scope(project) as (session, found):
-        c = live.compare(session, found.id, a, b, since=since, alpha=alpha, min_samples=min_samples)
+        c = canary.compare(session, found.id, a, b, since=since, alpha=alpha, min_samples=min_samples)
     names = f"{a} ({c['a']['model']})", f"{b} ({c['b']['model']})"
     table = Table(
         "metric",
@@ -399,7 +399,7 @@ def model_bootstrap(
     """Build a small local code model: a tokenizer trained on a generated Python corpus whose style varies along
     independent axes (naming, type hints, quotes, f-strings, docstrings), and a brief pretraining so that its
     samples look like code. Point a project at it with `editloop projects set NAME model.base_model=DIR`."""
-    from trainers.bootstrap import BootstrapConfig, bootstrap
+    from demo.bootstrap import BootstrapConfig, bootstrap
 
     config = BootstrapConfig(seconds=seconds, documents=documents, seed=seed)
     columns = (TextColumn("pretraining"), BarColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))

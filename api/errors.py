@@ -1,8 +1,10 @@
 """The one place where domain errors become HTTP status codes. Bodies say what was wrong and where."""
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from core.errors import (
     Conflict,
@@ -44,6 +46,22 @@ def _request_validation(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": InvalidInput.code, "detail": detail}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's body limit (the app's max_body_size) refuses with a bare 413: give it our code and the figures."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code != 413:
+        return await http_exception_handler(request, exc)
+    limit = request.app.state.settings.max_request_bytes
+    declared = request.headers.get("content-length")
+    detail = (
+        f"body: {declared} bytes exceeds the limit of {limit} bytes"
+        if declared and declared.isdigit()
+        else f"body: more than the limit of {limit} bytes"
+    )
+    return JSONResponse({"error": PayloadTooLarge.code, "detail": detail}, status_code=413)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(EditloopError, _domain_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(HTTPException, _http_error)

@@ -1,10 +1,10 @@
 """Group commit: concurrent ingest requests share one transaction.
 
-A transaction costs about a millisecond of Python and half of one of Postgres whatever it holds, which was most of
-the cost of a one-event request. Requests queue their validated events here; a writer takes what has queued as one
-group, stores it in one transaction, and answers every request once that transaction has committed, each with the
-counts of its own events. If the shared transaction fails, each request is retried in a transaction of its own, so
-one bad request fails alone.
+A transaction has a fixed cost in Python and in Postgres whatever it holds, which is most of the cost of a one-event
+request (benchmarks/README.md, ingest). Requests queue their validated events here; a writer takes what has queued as
+one group, stores it in one transaction, and answers every request once that transaction has committed, each with the
+counts of its own events. If the shared transaction fails, each request is retried in a transaction of its own, so one
+bad request fails alone.
 
 A group closes when it holds `max_events`, or once `max_wait_s` has passed since its first request arrived and it
 holds as many events as the group being written (if any): while the database is busy, the next group grows, so the
@@ -41,7 +41,7 @@ def transient(exc: BaseException) -> bool:
 
 
 # Retries a function on a transient database error. Thread-safe: tenacity keeps each call's state in a
-# thread-local. The folder (api/folder.py) uses it too.
+# thread-local. The fold worker (api/fold_worker.py) uses it too.
 TRANSIENT_RETRY = Retrying(
     retry=retry_if_exception(transient),
     stop=stop_after_attempt(5),
@@ -83,7 +83,7 @@ class GroupCommitter:
         self._in_flight: list[int] = []  # sizes of the groups being written
         self._writers: list[asyncio.Task[None]] = []
         # The writers' transactions run on threads of their own: a plain executor hop costs a fraction of anyio's
-        # (run_in_threadpool: its capacity limiter, cancel scopes and queue were ~8% of a single-event request).
+        # (run_in_threadpool, with its capacity limiter, cancel scopes and queue; benchmarks/README.md, ingest).
         self._threads: ThreadPoolExecutor | None = None
         self.waiting = 0  # requests waiting for their transaction to commit
 

@@ -1,10 +1,10 @@
 """`editloop serve --workers N`: N uvicorn processes, each listening on its own SO_REUSEPORT socket.
 
 uvicorn's own multi-worker mode binds one socket in the parent and shares it: every worker is woken for each new
-connection, and asyncio accepts all the pending ones at once, so a handful of keep-alive clients (an editor fleet
-behind a proxy, a benchmark) often lands on one worker while the other idles (measured: 0.82 + 0.02 cores under
-a batch load). With a socket per worker and SO_REUSEPORT, Linux spreads connections over the workers by hash.
-Where the kernel has no SO_REUSEPORT, uvicorn's own mode is used.
+connection, and asyncio accepts all the pending ones at once, so a handful of keep-alive clients (an editor fleet behind
+a proxy, a benchmark) often lands on one worker while the other idles (benchmarks/README.md, ingest). With a socket per
+worker and SO_REUSEPORT, Linux spreads connections over the workers by hash. Where the kernel has no SO_REUSEPORT,
+uvicorn's own mode is used.
 
 The parent only supervises: a worker that dies is started again (a SIGKILLed worker loses nothing acknowledged:
 ingest answers after its commit), and SIGINT or SIGTERM stops them all (each finishes its requests and folds)."""

@@ -2,13 +2,13 @@
 """DPO benchmark: our DPO path (`trainers.methods.dpo.train`) against plain TRL `DPOTrainer` with its defaults.
 
 Both train the same model (a randomly initialised Llama built here, or `--model PATH`) on the same preference pairs
-(`trainers.styles.style_pair`: the same function with and without a style rule, type hints by default) with the same
+(`demo.corpus.style_pair`: the same function with and without a style rule, type hints by default) with the same
 LoRA config, learning rate, batch size, steps and seed. Each side runs in its own subprocess, so the peak memory is
 that run's alone. Reported per side: pairs/s (the headline counts TRL's setup too: tokenization and, for us, the
 reference log-prob precompute, since precomputing moves work out of the steps), the training loop's pairs/s alone,
 peak memory, and the final metrics on held-out pairs, computed the same way for both. Prints a table, writes JSON.
 
-Run:  .venv/bin/python benchmarks/dpo.py            (tiny model, 2 runs a side, about 3 minutes on 2 cores; see --help)
+Run:  .venv/bin/python benchmarks/dpo.py            (tiny model, 2 runs a side; see --help)
 """
 
 import argparse
@@ -56,7 +56,7 @@ def build_model(size: str, out: Path, seed: int) -> None:
     from tokenizers import trainers as bpe
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-    from trainers.styles import corpus
+    from demo.corpus import corpus
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -91,7 +91,7 @@ def parse_rule(text: str) -> tuple[str, object]:
 
 def make_data(args: argparse.Namespace) -> dict[str, Any]:
     """Training pairs, and held-out pairs whose prompts never occur in training (their own random stream)."""
-    from trainers.styles import style_pair
+    from demo.corpus import style_pair
 
     axis, value = parse_rule(args.rule)
     rng = random.Random(args.seed)
@@ -249,8 +249,8 @@ def worker(side: str, spec_path: Path, result_path: Path) -> None:
 def evaluate(model: Any, tok: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """The same held-out figures for both sides: the implicit reward's pairwise accuracy and margin, and how often
     greedy completions of held-out prompts follow the rule (adapter on, and off: the base, a cross-check)."""
-    from trainers.evaluation import generate, implicit_reward_accuracy
-    from trainers.styles import follows
+    from demo.style import follows
+    from trainers.metrics import generate, implicit_reward_accuracy
 
     held = spec["held_out"]
     prompts, chosen, rejected = ([r[k] for r in held] for k in ("prompt", "chosen", "rejected"))
@@ -451,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             "pairs/s over trainer setup + training (the headline: setup includes tokenization and the reference "
             "precompute) and over the training loop alone; peak RSS (ru_maxrss), RSS after imports + model load and "
             "the increase during training (on CUDA: torch.cuda.max_memory_allocated, and MFU from 6 * params * real "
-            "tokens); held-out implicit-reward accuracy and margin (trainers.evaluation.implicit_reward_accuracy) and"
-            " the rate at which greedy completions follow the rule (trainers.styles.follows). The model is a randomly"
+            "tokens); held-out implicit-reward accuracy and margin (trainers.metrics.implicit_reward_accuracy) and"
+            " the rate at which greedy completions follow the rule (demo.style.follows). The model is a randomly"
             " initialised Llama with a BPE tokenizer trained on the synthetic corpus (or --model PATH), so rule rates"
             " mostly say 'cannot tell': compare the reward figures. Target: ours >= 1.5x pairs/s at <= 0.6x peak "
             "memory with equal metrics."

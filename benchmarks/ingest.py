@@ -460,6 +460,7 @@ class Run:
             "requests_total": self.requests_total,
             "ok_total": self.ok_total,
             "errors": self.errors,
+            "non_2xx": sum(n for kind, n in self.error_kinds.items() if kind.startswith("HTTP")),
             "error_kinds": dict(self.error_kinds),
             "stored": self.stored,
             "duplicates": self.duplicates,
@@ -787,7 +788,7 @@ def finish_py_spy(proc: Any, out: Path) -> dict[str, Any]:
 
 # Where a sample's time goes: the first rule (in this order) that matches any frame of its stack.
 PROFILE_RULES = [
-    ("scrub_text (feedback/scrub.py)", ("feedback/scrub.py",)),
+    ("scrub_text (feedback/scrub/)", ("feedback/scrub/",)),
     ("join merge/derive (feedback/join.py)", ("feedback/join.py",)),
     ("validation (parse_event, pydantic)", ("parse_event (",)),
     ("payload model_dump", ("model_dump",)),
@@ -1112,7 +1113,8 @@ def bench(
             )
         say(
             f"    {s['events_per_s']:,.0f} events/s, {s['requests_per_s']:,.0f} req/s, "
-            f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, errors {s['errors']}, cpu {s['cpu_cores']}, "
+            f"non-2xx {s['non_2xx']}, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, errors {s['errors']}, "
+            f"cpu {s['cpu_cores']}, "
             f"db/s {s['db_per_s']}"
         )
 
@@ -1256,8 +1258,15 @@ def bench(
         "copy_rows_in_db": copied[0],
         "copy_rows_expected": sum(c["rows"] for c in copies.values()),
     }
+    # A 5xx is a defect whatever the rates: the server's log must hold no traceback (out of shared memory was one).
+    log = ours.log.read_text(errors="replace") if ours.log.exists() else ""
+    correctness["server_tracebacks"] = log.count("Traceback (most recent call last)")
+    correctness["out_of_shared_memory"] = log.count("out of shared memory")
+    correctness["non_2xx"] = sum(r["non_2xx"] for k, r in runs.items() if k.startswith("ours"))
     correctness["ok"] = (
         rows[0] == acked
+        and correctness["server_tracebacks"] == 0
+        and correctness["non_2xx"] == 0
         and correctness["duplicates_reported"] == 0
         and gens[0] == rows[1]
         and copied[0] == correctness["copy_rows_expected"]
@@ -1340,6 +1349,7 @@ def report(console: Any, result: dict[str, Any], args: argparse.Namespace) -> No
     for col in (
         "scenario",
         "events/s",
+        "non-2xx",
         "folded too/s",
         "req/s",
         "p50 ms",
@@ -1361,6 +1371,7 @@ def report(console: Any, result: dict[str, Any], args: argparse.Namespace) -> No
         t.add_row(
             label,
             f"{r['events_per_s']:,.0f}",
+            str(r["non_2xx"]),
             f"{r['sustained_events_per_s']:,.0f}" if "sustained_events_per_s" in r else "",
             f"{r['requests_per_s']:,.0f}",
             f"{r['p50_ms']:.1f}",
@@ -1373,7 +1384,7 @@ def report(console: Any, result: dict[str, Any], args: argparse.Namespace) -> No
         if key == "ours_fixed_rate":
             t.add_section()
     for c in copies.values():
-        t.add_row(c["label"], f"{c['rows_per_s']:,.0f}", "", "", "", "", "", "", "", cores(c["cpu_cores"]))
+        t.add_row(c["label"], f"{c['rows_per_s']:,.0f}", "", "", "", "", "", "", "", "", cores(c["cpu_cores"]))
     console.print(t)
     fixed = runs.get("ours_fixed_rate")
     if fixed:
@@ -1423,7 +1434,9 @@ def report(console: Any, result: dict[str, Any], args: argparse.Namespace) -> No
         f"correctness {verdict}: {c['rows_in_db']:,} rows in feedback_events for the project, "
         f"{c['acknowledged_stored']:,} acknowledged as stored, {c['duplicates_reported']} duplicates; "
         f"{c['generation_rows']:,} generation rows for {c['distinct_generation_ids_in_events']:,} "
-        f"generation ids; COPY rows {c['copy_rows_in_db']:,}/{c['copy_rows_expected']:,}"
+        f"generation ids; COPY rows {c['copy_rows_in_db']:,}/{c['copy_rows_expected']:,}; "
+        f"{c['non_2xx']} non-2xx answers, {c['server_tracebacks']} tracebacks in the server's log "
+        f"({c['out_of_shared_memory']} out of shared memory)"
     )
     rej = sum(r["rejected_events"] for r in runs.values())
     red = sum(r["secrets_redacted"] for r in runs.values())

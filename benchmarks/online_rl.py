@@ -41,21 +41,21 @@ BUCKETS = ("generation", "scoring", "reference", "training")
 def prepare(model_dir: Path | None, work: Path) -> Path:
     if model_dir is not None:
         return model_dir
-    from trainers.bootstrap import BootstrapConfig, bootstrap
+    from demo.bootstrap import TINY_MODEL, bootstrap
 
     out = work / "model"
     print("bootstrapping a tiny model (pass --model to reuse one) ...", flush=True)
-    bootstrap(out, BootstrapConfig(documents=6000, batch_size=8, max_steps=300, seconds=900))
+    bootstrap(out, TINY_MODEL)
     return out
 
 
 def reward_model(model_dir: Path, tokenizer: Any, work: Path, rng: random.Random) -> Any:
     """A reward model version on the type-hints rule, saved and loaded back as the pipeline loads one."""
+    from demo.corpus import style_pair
     from ml.loading import load_model
     from rewards.config import RewardRunConfig
     from rewards.functions import RewardModelScore, load_reward_model
     from rewards.training import train
-    from trainers.styles import style_pair
 
     fields = ("prompt", "chosen", "rejected")
     rows = [dict(zip(fields, style_pair(rng, "type_hints", True), strict=True)) for _ in range(480)]
@@ -111,10 +111,10 @@ def run_kind(kind: str, args: argparse.Namespace, model_dir: Path, tokenizer: An
     import torch
     from transformers import set_seed
 
+    from demo.corpus import prompt_for, sample_function
     from ml.loading import load_model
     from trainers.config import run_config
     from trainers.methods.online import _history_callback, build_trainer
-    from trainers.styles import prompt_for, sample_function
 
     overrides: dict[str, Any] = {"max_steps": args.steps, "prompts": 256}
     for field in ("batch_size", "num_generations", "max_completion_length", "beta"):

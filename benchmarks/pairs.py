@@ -351,7 +351,7 @@ def timed_build(url: str, project_id: int, batch_size: int, profile: bool, cold:
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     head = ["build", "gens read", "derived", "rows", "added", "changed", "removed", "seconds", "gens/s", "rows/s"]
-    head += ["read", "derive", "syntax", "compare", "write", "wait", "commit", "cpu", "server cpu"]
+    head += ["read", "derive", "syntax", "compare", "write", "commit", "cpu", "server cpu"]
     lines = [head]
     for name, r in results.items():
         ph = r["phases_s"]
@@ -359,7 +359,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             [name, f"{r['generations_read']:,}", f"{r['generations_derived']:,}", f"{r['rows_produced']:,}"]
             + [f"{r['rows_added']:,}", f"{r['rows_changed']:,}", f"{r['rows_removed']:,}"]
             + [f"{r['build_s'] + r['commit_s']:.2f}", f"{r['generations_per_s'] or 0:,}", f"{r['rows_per_s'] or 0:,}"]
-            + [f"{ph.get(k, 0):.2f}" for k in ("read", "derive", "syntax", "compare", "write", "wait")]
+            + [f"{ph.get(k, 0):.2f}" for k in ("read", "derive", "syntax", "compare", "write")]
             + [f"{r['commit_s']:.2f}", f"{r['client_cpu_s']:.2f}"]
             + ["-" if r["server_cpu_s"] is None else f"{r['server_cpu_s']:.2f}"]
         )

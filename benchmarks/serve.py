@@ -69,7 +69,7 @@ def edit_prompts(n: int, seed: int = 0) -> list[str]:
     """Edit-style requests: the code to change in the prompt, the request after it; the answer copies most of it."""
     import random
 
-    from trainers.styles import style_pair
+    from demo.corpus import style_pair
 
     rng = random.Random(seed)
     prompts = []
@@ -331,7 +331,7 @@ def bench_alias_switch(model_dir: Path, work: Path, clients: int, seconds_before
 
 
 def tiny_model() -> Path:
-    from trainers.bootstrap import BootstrapConfig, bootstrap, is_bootstrap_output
+    from demo.bootstrap import TINY_MODEL, bootstrap, is_bootstrap_output
 
     prebuilt = os.environ.get("EDITLOOP_TINY_MODEL")
     if prebuilt and is_bootstrap_output(Path(prebuilt)):
@@ -339,7 +339,7 @@ def tiny_model() -> Path:
     path = REPO / "benchmarks" / "results" / "tiny-model"
     if not is_bootstrap_output(path):
         print(f"bootstrapping a tiny code model into {path} ...")
-        bootstrap(path, BootstrapConfig(documents=6000, batch_size=8, max_steps=300, seconds=900))
+        bootstrap(path, TINY_MODEL)
     return path
 
 

@@ -88,8 +88,9 @@ def _engine(url: str, pool_size: int) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    # No pre-ping: it costs a round trip per checkout, a third of a single-event ingest. Connections are recycled
-    # instead, and a dead one fails its request, which the client retries (events are idempotent).
+    # No pre-ping: it costs a round trip per checkout, a large share of a single-event ingest (benchmarks/README.md).
+    # Connections are recycled instead, and a dead one fails its request, which the client retries (events are
+    # idempotent).
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 

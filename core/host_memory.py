@@ -3,10 +3,8 @@
 - `steady_heap`: glibc's malloc starts with dynamic thresholds: a block over the mmap threshold (128 KiB, rising to
   the largest block freed so far, at most 32 MiB) gets pages of its own, and free memory at the top of the heap
   beyond twice that is handed back to the kernel. A training step frees and reallocates the same large tensors many
-  times, so those pages are returned and faulted back in over and over: a DPO run on the 26M benchmark model took
-  1.8-2.8 million page faults in its reference precompute alone, ~2.3 us each on a 2-core VM. Fixed thresholds (heap
-  for blocks up to 32 MiB, no trimming while the run lasts) took that to 0.16 million and the precompute from
-  18.8-19.6 s to 15.6-17.0 s (three interleaved rounds), at the same peak (benchmarks/README.md).
+  times, so those pages are returned and faulted back in over and over. Fixed thresholds (heap for blocks up to
+  32 MiB, no trimming while the run lasts) stop that: measured faster at the same peak (benchmarks/README.md).
 - `page_out_file_backed`: hands the pages of tensors that a run will not read back to the kernel
   (madvise MADV_PAGEOUT), where they are pages of a file mapping (transformers maps a checkpoint loaded in its own
   dtype). The kernel drops clean pages and reads them back from the file when something touches them again; it never

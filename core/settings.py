@@ -99,8 +99,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="In-process: prompt-lookup decoding, tokens proposed per step from n-grams of the prompt; pays"
-        " only when completions copy their prompt (edits with a model that copies): 0, off, is what measured best on"
-        " the tiny model (benchmarks/serve.py).",
+        " only when completions copy their prompt (edits with a model that copies). 0: off, since it did not pay on"
+        " the tiny model; measure yours with benchmarks/serve.py.",
     )
     serving_max_concurrent: int = Field(
         16,

@@ -2,9 +2,9 @@
 
 On Postgres, a batch of rows goes in as one JSON document (serialized by orjson) unpacked by `json_to_recordset`:
 a short statement whose text never changes, so psycopg parses it once and the server can reuse its plan, whatever
-the batch size. SQLAlchemy's multi-row VALUES statements are too long for psycopg's query cache and were re-parsed
-on every batch, and arrays of text parameters are escaped by a regex in Python; each of those cost more than the
-whole database work. SQLite takes the same rows through SQLAlchemy Core."""
+the batch size. SQLAlchemy's multi-row VALUES statements are too long for psycopg's query cache, so they are
+re-parsed on every batch, and arrays of text parameters are escaped by a regex in Python; each of those costs more
+than the whole database work. SQLite takes the same rows through SQLAlchemy Core."""
 
 from collections.abc import Sequence
 from typing import Any

@@ -6,7 +6,7 @@ gives the same row. Ingest decides when it runs (`Settings.ingest_fold`):
 
 - `inline` (always on SQLite): the ingest transaction folds the generations it touched before it commits.
 - `deferred` (the Postgres default): the ingest transaction only appends its events and one `fold_queue` row naming
-  the generations it touched, in one statement (feedback/service.py). A folder in every API process (`api/folder.py`)
+  the generations it touched, in one statement (feedback/service.py). The API's fold worker (`api/fold_worker.py`)
   folds what queued shortly after each commit, in large set-based batches (a generation and its feedback, posted
   back to back, fold in one write). Every reader of `generations` first calls `settle`, which folds what is still
   queued for what it reads (or waits for the folder that holds it), so a read that follows a 2xx sees every event
@@ -14,10 +14,14 @@ gives the same row. Ingest decides when it runs (`Settings.ingest_fold`):
   Nothing queued is lost: the queue row commits with its events, and a folder or a reader deletes it only in the
   transaction that writes the fold.
 
-Locks (Postgres): a fold takes a transaction-scoped advisory lock per generation, in one global order (project,
-then hash), before it reads the events, so two folds of one generation are serialized and the later one reads what
-the earlier one read and more. The background folder claims queue rows with SKIP LOCKED; readers wait for them."""
+Locks (Postgres): before it reads the events, a fold takes a transaction-scoped advisory lock on the hash bucket of
+each generation it folds, all of them in ascending order, so two folds of one generation are serialized and the later
+one reads what the earlier one read and more. Buckets, not generations: the shared lock table holds about 64 locks
+per connection on a stock server, and a lock per generation in a fold of thousands ran it out for every transaction,
+ingest included; a fold holds at most `LOCK_BUCKETS`, its own connection's share. The background folder claims queue
+rows with SKIP LOCKED; readers wait for them."""
 
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -56,11 +60,11 @@ _CLAIM = text(
 # The fold's statements on Postgres run on the psycopg connection (bulk.pg_fetch). The ids stay a text[] parameter:
 # as one JSON array, unnested by json_array_elements_text, they cost less Python but the planner, not knowing how
 # many there are, read the events with a worse plan (Postgres CPU per folded event x3).
+# The two-int4 form keeps the buckets apart from the one-bigint advisory locks of the row build.
+LOCK_BUCKETS = 64  # the per-connection share of a stock server's lock table (max_locks_per_transaction)
+_LOCK_SPACE = 0x466F6C64  # "Fold"
 _LOCK = dbapi_sql(
-    text(
-        "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(CAST(:p AS text) || ':' || g, 0) AS k"
-        " FROM unnest(CAST(:gids AS text[])) AS g ORDER BY k) AS s"
-    )
+    text("SELECT pg_advisory_xact_lock(:space, b) FROM (SELECT unnest(CAST(:buckets AS int[])) AS b ORDER BY b) AS s")
 )
 _PG_EVENTS = dbapi_sql(
     text(
@@ -141,9 +145,8 @@ def fold(session: Session, claims: Claims) -> int:
     """Recompute these generations from all of their events and write them; returns how many were written."""
     pg = _pg(session)
     ids = {project_id: sorted(gids) for project_id, gids in sorted(claims.items()) if gids}
-    if pg:  # one global order: projects ascending, then the hash order _LOCK sorts by
-        for project_id, gids in ids.items():
-            pg_fetch(session, _LOCK, {"p": project_id, "gids": gids}, rows=False)
+    if pg and ids:  # every bucket of every project in one statement: one global order, whatever the claims
+        pg_fetch(session, _LOCK, {"space": _LOCK_SPACE, "buckets": lock_buckets(ids)}, rows=False)
     now = utcnow()
     written = 0
     for project_id, gids in ids.items():
@@ -156,6 +159,12 @@ def fold(session: Session, claims: Claims) -> int:
         _WRITE_GENERATIONS.write(session, rows)
         written += len(rows)
     return written
+
+
+def lock_buckets(ids: dict[int, list[str]]) -> list[int]:
+    """The sorted buckets a fold of these generations locks: one per distinct crc32(project:generation) modulo
+    LOCK_BUCKETS, the same in every process."""
+    return sorted({zlib.crc32(f"{p}:{g}".encode()) % LOCK_BUCKETS for p, gids in ids.items() for g in gids})
 
 
 def _recompute(session: Session, project_id: int, events: Sequence[Any], now: datetime) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ class Generation(Base):
 
     The code (prompt or messages, completion, prefix, suffix, accepted and final text) is not copied here: it stays
     in the payloads of the winning events, which `*_event_pk` name (`feedback_events.id`), and readers look them
-    up (feedback/texts.py). Copying it made this row ~2 KB and cost Postgres about as much as storing the events did."""
+    up (feedback/texts.py). A copy here would cost Postgres about as much again as storing the events."""
 
     __tablename__ = "generations"
     __table_args__ = (

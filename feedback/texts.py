@@ -3,8 +3,8 @@
 
 A reader selects its columns with `PAYLOADS` (each event's payload text, looked up by primary key within the row's
 project) and turns the three payload texts into the code fields with `code`: the same values that
-the fold computed in memory (`feedback.join.code_of`). Storing the code in both tables made a generation row ~2 KB,
-and writing it cost Postgres about as much as storing the events (benchmarks/README.md, ingest)."""
+the fold computed in memory (`feedback.join.code_of`). A copy of the code in `generations` would cost Postgres
+about as much again as storing the events (benchmarks/README.md, ingest)."""
 
 from typing import Any, cast
 

@@ -11,20 +11,20 @@
 Each callable has a `__name__`, which TRL uses to log its mean (`rewards/<name>/mean`) apart from the others.
 torch is imported only by `RewardModelScore` when it scores."""
 
-import ast
 import codeop
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from feedback.syntax import parses
+
 
 def _valid(source: str, truncated: bool) -> bool:
+    if not truncated:
+        return parses(source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # SyntaxWarning for odd escapes is not a failure
         try:
-            if not truncated:
-                ast.parse(source)
-                return True
             # None: a valid but incomplete prefix; a code object: complete; SyntaxError: invalid whatever follows.
             codeop.compile_command(source, symbol="exec")
             return True
@@ -41,11 +41,6 @@ def code_parses(prompt: str, completion: str, truncated: bool = False) -> bool:
     """prompt + completion parses (a completion of the start of a file), or the completion alone does (a chat
     answer, whose prompt is not code). `truncated`: judge it as a prefix that could still be completed."""
     return _valid(prompt + completion, truncated) or _valid(completion, truncated)
-
-
-def parses(text: str) -> bool:
-    """The text parses as Python (a SyntaxWarning for an odd escape is not a failure)."""
-    return _valid(text, truncated=False)
 
 
 def reward_scores(

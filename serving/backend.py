@@ -110,13 +110,14 @@ def verify(adapter: Adapter) -> None:
 class _Engine:
     """One base model and the adapters loaded on it. Callers hold `lock` around `use()` and generation.
 
-    PEFT wraps every adapted layer in a LoRA module whose Python overhead, on a small model, costs more than the
-    LoRA arithmetic: even merged in place (`merge_adapter`) a tiny model generated at ~0.7x the speed of a plain
-    merged copy. So with `merge` on, `serving` is a plain model that PEFT never wraps, and `source` a PeftModel over
-    a copy of the base that holds the loaded adapters unmerged. Serving a version writes base + its LoRA delta
-    (PEFT's own `get_delta_weight`, as `merge_adapter` adds) into the plain model's adapted layers; the base is
-    served by writing the base weights back. That costs a second copy of the adapted weights in memory. Adapters
-    that are not plain LoRA on linear layers (DoRA, modules_to_save, biases) are served unmerged from `source`."""
+    PEFT wraps every adapted layer in a LoRA module whose Python overhead, on a small model, costs more than the LoRA
+    arithmetic: even merged in place (`merge_adapter`) a tiny model generated well below the speed of a plain merged
+    copy (benchmarks/README.md, serve). So with `merge` on, `serving` is a plain model that PEFT never wraps, and
+    `source` a PeftModel over a copy of the base that holds the loaded adapters unmerged. Serving a version writes the
+    base plus its LoRA delta (PEFT's own `get_delta_weight`, as `merge_adapter` adds) into the plain model's adapted
+    layers; the base is served by writing the base weights back. That costs a second copy of the adapted weights in
+    memory. Adapters that are not plain LoRA on linear layers (DoRA, modules_to_save, biases) are served unmerged from
+    `source`."""
 
     def __init__(self, base_model: str, revision: str | None, settings: Settings) -> None:
         from ml.loading import load_model, load_tokenizer
@@ -262,9 +263,14 @@ class InProcessBackend:
             if engine is None:
                 from ml.environment import set_threads
 
-                set_threads()
                 try:
+                    set_threads()
                     engine = _Engine(base_model, revision, self.settings)
+                except ModuleNotFoundError as exc:
+                    raise BackendUnavailable(
+                        f"the in-process backend needs the ML stack ({exc.name} is not installed): install the"
+                        " `train` extra, or set EDITLOOP_SERVING_BACKEND=vllm"
+                    ) from exc
                 except OSError as exc:
                     raise BackendUnavailable(f"base model {base_model!r} could not be loaded: {exc}") from exc
                 self._engines[key] = engine

@@ -51,7 +51,7 @@ def canary_draw(user: str | None, canary: str, share: float, rng: random.Random 
     return (rng or random).random() < share
 
 
-def _adapter(version: AdapterVersion) -> Target:
+def _target(version: AdapterVersion) -> Target:
     lineage = (version.manifest or {}).get("lineage", {})
     adapter = Adapter(
         key=f"p{version.project_id}-{version.name}-{version.manifest_sha256[:12]}",
@@ -111,7 +111,7 @@ class Gateway:
                 version, alias = canary, "canary"
         if version.kind != "policy":
             raise InvalidInput(f"model: {version.name} is a {version.kind} model; only policy adapters generate")
-        return Resolved(model, alias, version.name, _adapter(version))
+        return Resolved(model, alias, version.name, _target(version))
 
     def models(self, session: Session, project_id: int) -> ModelList:
         project = session.get(Project, project_id)

@@ -1,5 +1,6 @@
 """Test fixtures: a Postgres database created for this run (and a SQLite file), migrated once; a real uvicorn
-server per backend; every test makes its own projects, so tests share nothing and need no cleanup between them."""
+server per backend; every test makes its own projects, so tests share nothing and need no cleanup between them.
+One tiny code model is bootstrapped once per test session and shared by the training and demo tests."""
 
 import os
 import socket
@@ -19,6 +20,7 @@ from core import migrate
 from core.db import get_engine, session_scope
 from core.projects import Role, create_key, create_project
 from core.settings import Settings
+from demo.bootstrap import TINY_MODEL, bootstrap, is_bootstrap_output
 
 PG_ADMIN = os.environ.get("EDITLOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -155,3 +157,15 @@ def _test_broker(test_broker_dir: Path) -> None:
     from core.queue import configure
 
     configure(Settings(data_dir=test_broker_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bootstrap output directory (model, tokenizer, editloop-bootstrap.json); treat it as read-only. Set
+    EDITLOOP_TINY_MODEL to a bootstrap output to skip the build while iterating on other tests."""
+    prebuilt = os.environ.get("EDITLOOP_TINY_MODEL")
+    if prebuilt and is_bootstrap_output(Path(prebuilt)):
+        return Path(prebuilt)
+    path = tmp_path_factory.mktemp("tiny-model") / "model"
+    bootstrap(path, TINY_MODEL)
+    return path

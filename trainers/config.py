@@ -57,7 +57,7 @@ class DPORunConfig(BaseRunConfig):
 class CombinedRunConfig(DPORunConfig):
     """Preference plus supervision on edits: DPO's sigmoid loss with an SFT term on the chosen side (the user's
     final code). Learning from edits works best with both, and the SFT term keeps DPO from collapsing the
-    log-probabilities of both sides (see the notes on over-optimisation)."""
+    log-probabilities of both sides."""
 
     loss_type: list[str] = Field(["sigmoid", "sft"], min_length=2, description="DPO sigmoid + SFT on chosen.")
     loss_weights: list[float] | None = Field([1.0, 0.5], description="Weights of the sigmoid and SFT terms.")
@@ -90,8 +90,8 @@ class OnlineRunConfig(BaseRunConfig):
     learning_rate: float = Field(
         2e-4,
         gt=0,
-        description="LoRA learning rate (TRL's 1e-6 is for full fine-tunes). On the tiny model 3e-4 and up learnt the "
-        "rule within 24 steps but lowered the greedy parse rate by 0.1; 2e-4 for 32 steps kept it.",
+        description="LoRA learning rate (TRL's 1e-6 is for full fine-tunes). Higher rates learnt a style rule sooner "
+        "on the tiny model but lowered its greedy parse rate (benchmarks/README.md).",
     )
     max_steps: int = Field(40, ge=1, description="Optimizer steps; the run stops after min(max_steps, epochs).")
     batch_size: int = Field(
@@ -109,8 +109,8 @@ class OnlineRunConfig(BaseRunConfig):
     temperature: float = Field(
         0.5,
         gt=0,
-        description="Sampling temperature of the rollouts. Below 1 for small models: at 1.0 only 22% of the tiny "
-        "bootstrap model's samples parse (about 60% at 0.5-0.7), so the rewards would mostly grade noise.",
+        description="Sampling temperature of the rollouts. Below 1 for small models: at 1.0 most of the tiny "
+        "bootstrap model's samples do not parse, so the rewards would mostly grade noise (benchmarks/README.md).",
     )
     beta: float = Field(
         0.04, ge=0, description="KL coefficient to the reference; 0 drops the reference pass (faster, no anchor)."

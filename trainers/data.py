@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from feedback.models import Generation
 from feedback.snapshots import FAMILIES, get_snapshot, snapshot_records
-from trainers import evaluation
+from feedback.syntax import is_python
 
 
 def load_rows(
@@ -43,11 +43,6 @@ def _mark_python(session: Session, project_id: int, records: list[dict[str, Any]
     for record in records:
         first = record["editloop_generation_ids"][:1]
         record["editloop_python"] = known.get(first[0]) if first else None
-
-
-def is_python(language: str | None, file_path: str | None) -> bool | None:
-    """trainers.evaluation.is_python, or None when the generation names neither a language nor a file."""
-    return evaluation.is_python(language, file_path) if language or file_path else None
 
 
 def as_text(records: list[dict[str, Any]], tokenizer: Any, fields: tuple[str, ...]) -> list[dict[str, Any]]:

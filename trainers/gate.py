@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from trainers.evaluation import mean_ci
+from trainers.metrics import mean_ci
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95

@@ -1,25 +1,21 @@
-"""Training runs: create, claim, execute, report progress, finish, and reap the runs of dead workers.
+"""Training runs: create, claim, execute, finish, and reap the runs of dead workers.
 
 The row is the state. `create_run` inserts a queued row and sends `trainers.run_training` after the commit; the task
 claims the row with a conditional update (queued -> running), so a duplicated message trains nothing twice. The
-training itself runs with no transaction open; progress and a heartbeat are written in short transactions. The
-adapter is built in a staging directory and registered only when complete (trainers.registry), so a run killed
-mid-way registers nothing: its heartbeat stops, and `reap` re-queues it (or fails it after
-EDITLOOP_RUN_MAX_ATTEMPTS) and removes its staging directory."""
+training itself (trainers.execute) runs with no transaction open; progress and a heartbeat are written in short
+transactions (trainers.run_context). The adapter is built in a staging directory and registered only when complete
+(trainers.registry), so a run killed mid-way registers nothing: its heartbeat stops, and `reap` re-queues it (or
+fails it after EDITLOOP_RUN_MAX_ATTEMPTS) and removes its staging directory."""
 
 import logging
-import threading
-import time
 import traceback
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import artifacts
 from core.db import session_scope, utcnow
 from core.errors import Conflict, InvalidInput, NotFound
 from core.projects import Project
@@ -27,7 +23,9 @@ from core.queue import send_after_commit
 from core.settings import Settings, get_settings
 from feedback.snapshots import cut_snapshot, get_snapshot
 from trainers.config import model_settings, run_config
+from trainers.execute import train_and_register
 from trainers.models import ACTIVE, TrainingRun
+from trainers.run_context import Cancelled, RunReporter, remove_staging
 
 log = logging.getLogger(__name__)
 TASK = "trainers.run_training"
@@ -127,85 +125,16 @@ def claim(session: Session, run_id: int, now: datetime | None = None) -> bool:
     return claimed is not None
 
 
-CURVE_POINTS = 400  # per stage, in a run's metrics
-
-
-class RunReporter:
-    """Writes a run's progress and heartbeat in short transactions of their own, and says when it was cancelled.
-    A background thread keeps the heartbeat going through phases without steps (loading, evaluation)."""
-
-    def __init__(self, url: str, run_id: int, heartbeat_s: float) -> None:
-        self.url, self.run_id, self.heartbeat_s = url, run_id, heartbeat_s
-        self.stage = ""
-        self.curve: dict[str, list[dict[str, float]]] = {}  # per stage, the logs of each step: training curves
-        self.cancelled = False
-        self.started = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"run-{run_id}-heartbeat", daemon=True)
-
-    def __enter__(self) -> "RunReporter":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            try:
-                self._write({})
-            except Exception:  # a database blip must not kill the run; the next beat retries
-                log.exception("run %s: heartbeat failed", self.run_id)
-
-    def _write(self, values: dict[str, Any]) -> None:
-        with session_scope(self.url) as session:
-            row = session.execute(
-                update(TrainingRun)
-                .where(TrainingRun.id == self.run_id, TrainingRun.status == "running")
-                .values(heartbeat_at=utcnow(), **values)
-                .returning(TrainingRun.cancel_requested)
-            ).first()
-            if row is None or row[0]:
-                self.cancelled = True
-
-    def set_stage(self, stage: str, **extra: Any) -> None:
-        self.stage = stage
-        self._write({"progress": {"stage": stage, **extra}})
-
-    def __call__(self, step: int, total: int, logs: dict[str, float]) -> bool:
-        """The trainers' progress hook; returns True to stop (cancelled)."""
-        stage_elapsed = time.monotonic() - self.started
-        eta = stage_elapsed / step * (total - step) if step else None
-        progress = {"stage": self.stage, "step": step, "total": total, "eta_s": round(eta, 1) if eta else None}
-        curve = self.curve.setdefault(self.stage, [])
-        curve.append({"step": step, **logs})
-        if len(curve) > CURVE_POINTS:  # keep every other point: the whole run at half the resolution
-            del curve[1:-1:2]
-        self._write({"progress": progress, "metrics": {"live": {self.stage: logs}, "curve": self.curve}})
-        return self.cancelled
-
-    def restart_clock(self) -> None:
-        self.started = time.monotonic()
-
-
-class Cancelled(Exception):
-    pass
-
-
 def execute(url: str, run_id: int, settings: Settings | None = None) -> str:
     """The task body: claim the run, train, evaluate, register, record. Returns the run's final status (or
     "skipped" when the row was not queued: a duplicate or stale message)."""
-    from trainers import pipeline_run
-
     settings = settings or get_settings()
     with session_scope(url) as session:
         if not claim(session, run_id):
             return "skipped"
-    staging_parent = settings.artifact_root / "staging"
     with RunReporter(url, run_id, heartbeat_s=max(1.0, settings.run_heartbeat_stale_s / 6)) as reporter:
         try:
-            version_ids, metrics = pipeline_run.run(url, run_id, settings, reporter, staging_parent)
+            version_ids, metrics = train_and_register(url, run_id, settings, reporter)
         except Exception as exc:
             status = "cancelled" if isinstance(exc, Cancelled) else "failed"
             error = str(exc) if isinstance(exc, Cancelled | InvalidInput | ValueError) else _error(exc)
@@ -213,7 +142,7 @@ def execute(url: str, run_id: int, settings: Settings | None = None) -> str:
             _finish(url, run_id, status, error=error)
             return status
         finally:
-            artifacts.remove_stale_staging(staging_parent, f"run{run_id}-")
+            remove_staging(settings, run_id)
     _finish(url, run_id, "succeeded", metrics=metrics, version_ids=version_ids)
     return "succeeded"
 
@@ -261,7 +190,7 @@ def reap(session: Session, settings: Settings | None = None, now: datetime | Non
         )
     )
     for run in stale:
-        artifacts.remove_stale_staging(settings.artifact_root / "staging", f"run{run.id}-")
+        remove_staging(settings, run.id)
         silent = f"no heartbeat since {run.heartbeat_at.isoformat() if run.heartbeat_at else 'start'}"
         if run.attempts >= settings.run_max_attempts or run.cancel_requested:
             run.status, run.finished_at = "failed", now
@@ -271,7 +200,3 @@ def reap(session: Session, settings: Settings | None = None, now: datetime | Non
             send_after_commit(session, TASK, run.id, queue="gpu")
     session.flush()
     return [run.id for run in stale]
-
-
-def staging_for(settings: Settings, run_id: int, label: str) -> Path:
-    return artifacts.staging_dir(settings.artifact_root / "staging", f"run{run_id}-{label}")

@@ -12,9 +12,9 @@ from core.projects import Project
 from core.queue import celery_app
 from core.settings import get_settings
 from feedback.tasks import build_project_rows
-from trainers import live, runs
+from trainers import canary, runs
 from trainers.config import model_settings
-from trainers.pipeline import check_trigger
+from trainers.triggers import check_trigger
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def refresh_project_task(project_id: int) -> int | None:
     return refresh_project(get_settings().sqlalchemy_url, project_id)
 
 
-def canary_policies(url: str, projects: Sequence[tuple[int, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+def apply_canary_policies(url: str, projects: Sequence[tuple[int, dict[str, Any] | None]]) -> list[dict[str, Any]]:
     """Apply the canary policy of each project whose `model.canary_policy` is not off, one short transaction each,
     so that one project's failure neither undoes nor stops another's. Returns the decisions taken."""
     decisions = []
@@ -42,7 +42,7 @@ def canary_policies(url: str, projects: Sequence[tuple[int, dict[str, Any] | Non
             if model_settings(project_settings).canary_policy == "off":
                 continue
             with session_scope(url) as session:
-                decision = live.apply_canary_policy(session, project_id)
+                decision = canary.apply_canary_policy(session, project_id)
         except EditloopError as exc:
             log.warning("canary policy of project %s: %s", project_id, exc.detail)
             continue
@@ -62,7 +62,7 @@ def schedule_tick() -> int:
         projects = [(p.id, p.settings) for p in session.scalars(select(Project).order_by(Project.id))]
     for project_id, _ in projects:
         refresh_project_task.delay(project_id)
-    canary_policies(url, projects)
+    apply_canary_policies(url, projects)
     return len(projects)
 
 

@@ -1,5 +1,5 @@
 """The console's pages: Overview, Feedback, Data, Runs, Adapters, Canary. Each page reads the services the API
-routes read (feedback.service, feedback.snapshots, trainers.runs, trainers.registry, trainers.live) plus the
+routes read (feedback.service, feedback.snapshots, trainers.runs, trainers.registry, trainers.canary) plus the
 overview's rollup (queries.py), and renders a Jinja2 template; a run's page polls `runs/{id}/live` for its progress
 and curves. Promote and roll back go through trainers.registry like the API, behind the session's CSRF token; a
 refusal is shown on the page with the gate's reasons, at the status api/errors.py gives it."""
@@ -23,7 +23,8 @@ from core.errors import EditloopError, InvalidInput, Unauthenticated
 from core.projects import ApiKey, Role
 from feedback import service as feedback
 from feedback import snapshots
-from trainers import gate, live, registry, runs
+from trainers import gate, registry, runs
+from trainers.canary import BASE, compare
 from trainers.schemas import RunOut
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -312,8 +313,8 @@ def canary(request: Request, session: SessionDep, who: Who) -> Response:
 
         moved = session.get(AdapterAlias, (pid, "canary"))
         since = moved.updated_at if moved is not None else None
-        baseline = "production" if "production" in current else live.BASE
-        comparison = live.compare(session, pid, "canary", baseline, since=since)
+        baseline = "production" if "production" in current else BASE
+        comparison = compare(session, pid, "canary", baseline, since=since)
     session.commit()
     names = queries.versions_by_id(session, pid)
     return render(

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from core.db import utcnow
 from feedback import daily
 from feedback.models import DatasetBuild, DatasetSnapshot, TrainingRow
-from trainers.live import wilson
+from trainers.canary import wilson
 from trainers.models import ACTIVE, AdapterVersion, TrainingRun
 
 OUTCOMES = ("accepted", "edited", "rejected", "shown")

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.deps import AdminKey, SessionDep
-from trainers import live, registry
+from trainers import canary, registry
 from trainers.models import AdapterVersion, AliasEvent
 from trainers.schemas import (
     AliasEventList,
@@ -82,16 +82,16 @@ def compare_adapters(
     alpha: Annotated[float | None, Query(gt=0, lt=0.5, description="Default: model.canary_alpha.")] = None,
     min_samples: Annotated[int | None, Query(ge=1, description="Default: model.canary_min_samples.")] = None,
 ) -> LiveComparisonOut:
-    result = live.compare(session, key.project_id, a, b, since=since, alpha=alpha, min_samples=min_samples)
+    result = canary.compare(session, key.project_id, a, b, since=since, alpha=alpha, min_samples=min_samples)
     session.commit()  # what the read folded
     return LiveComparisonOut.model_validate(result)
 
 
 @router.get("/v1/adapters/{ref}/metrics", summary="Live acceptance, edit rate and edit distance of a version")
 def adapter_metrics(ref: str, session: SessionDep, key: AdminKey, since: Since = None) -> LiveMetricsOut:
-    metrics = live.version_metrics(session, key.project_id, ref, since)
+    metrics = canary.version_metrics(session, key.project_id, ref, since)
     session.commit()  # what the read folded
-    return LiveMetricsOut.model_validate(live.public(metrics))
+    return LiveMetricsOut.model_validate(canary.without_distances(metrics))
 
 
 @router.get("/v1/adapters/{ref}", summary="One version (by name or alias) with its manifest")

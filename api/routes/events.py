@@ -1,11 +1,11 @@
 """POST /v1/events. The route below is what the API documents; a request with a Content-Length (every client but
 a chunked upload) is answered by `ingest_directly` before FastAPI sees it, through the same functions.
 
-Why a second entrance: an event costs the collector well under a millisecond of its own work, and at a thousand
-single-event requests a second FastAPI's and Starlette's layers around it (their middleware stack, routing, the
-dependency solver, the Request and Response objects) were 40% of the server's CPU (py-spy, `benchmarks/ingest.py
---only rate --py-spy`). `ingest_directly` is plain ASGI: the same key check, size limit, body checks, group commit
-and error bodies, without those layers."""
+Why a second entrance: an event costs the collector well under a millisecond of its own work, and under a load of
+single-event requests FastAPI's and Starlette's layers around it (their middleware stack, routing, the dependency
+solver, the Request and Response objects) took a large share of the server's CPU (py-spy under `benchmarks/ingest.py`;
+benchmarks/README.md). `ingest_directly` is plain ASGI: the same key check, size limit, body checks, group commit and
+error bodies, without those layers."""
 
 from typing import Any
 
@@ -57,7 +57,8 @@ def check_batch(body: Any, max_events: int) -> list[Any]:
     return events
 
 
-def answer(result: IngestResult) -> IngestResult:
+def reject_if_nothing_stored(result: IngestResult) -> IngestResult:
+    """The result, unless every event was invalid: then InvalidInput names the first error."""
     if result.errors and result.stored == 0 and result.duplicates == 0:
         first = result.errors[0]
         more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
@@ -68,7 +69,7 @@ def answer(result: IngestResult) -> IngestResult:
 def encode(result: IngestResult) -> bytes:
     """The answer as JSON bytes, serialized once (FastAPI would validate the returned model against the response
     model again, then encode it through jsonable_encoder)."""
-    return orjson.dumps(answer(result).model_dump(mode="json"))
+    return orjson.dumps(reject_if_nothing_stored(result).model_dump(mode="json"))
 
 
 def respond(result: IngestResult) -> Response:
@@ -80,7 +81,9 @@ async def post_events(request: Request, key: IngestKey) -> Response:
     """Store events exactly once. Valid events are stored even when others in the batch are invalid; those are
     reported in `errors` by index. A batch in which every event is invalid is a 422 and stores nothing."""
     settings = settings_of(request)
-    events = check_batch(await read_json(request, settings.max_request_bytes), settings.max_events_per_batch)
+    events = check_batch(
+        await read_json(request, settings.max_request_bytes, storable=False), settings.max_events_per_batch
+    )
     return respond(await store_events(request.app, key, events))
 
 

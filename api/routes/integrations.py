@@ -16,7 +16,7 @@ router = APIRouter(tags=["integrations"])
 async def post_continue(request: Request, key: IngestKey) -> Response:
     """Point a Continue `data:` destination here with an ingest key. One POST per Continue event; event names
     that carry no feedback are acknowledged and ignored."""
-    body = await read_json(request, settings_of(request).max_request_bytes)
+    body = await read_json(request, settings_of(request).max_request_bytes, storable=False)  # checked per event
     if not isinstance(body, dict):
         raise InvalidInput("body: expected a JSON object {name, data, schema, level, profileId}")
     events = map_continue_event(body)

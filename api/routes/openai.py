@@ -24,7 +24,7 @@ from api import metrics
 from api.body import read_json
 from api.deps import IngestKey, SessionDep, sessions_of, settings_of
 from api.errors import status_of
-from api.routes.events import answer, store_events
+from api.routes.events import reject_if_nothing_stored, store_events
 from core.errors import EditloopError, InvalidInput
 from core.projects import Principal
 from serving.backend import Backend, BackendUnavailable, OnText, Params, Result
@@ -117,7 +117,9 @@ async def _serve(request: Request, key: Principal, body: CompletionRequest | Cha
         return _unavailable(exc)
     latency_ms = (time.perf_counter() - started) * 1000
     metrics.generated(resolved.served, result.prompt_tokens, result.completion_tokens, latency_ms / 1000)
-    answer(await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)]))
+    reject_if_nothing_stored(
+        await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)])
+    )
     if chat:
         return ChatCompletion(
             id=generation_id,
@@ -210,7 +212,9 @@ async def _stream(
             return
         latency_ms = (time.perf_counter() - started) * 1000
         metrics.generated(resolved.served, result.prompt_tokens, result.completion_tokens, latency_ms / 1000)
-        answer(await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)]))
+        reject_if_nothing_stored(
+            await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)])
+        )
         yield _sse(chunk(None if chat else "", result.finish_reason))
         if body.include_usage:
             yield _sse({**head, "choices": [], "usage": _usage(result).model_dump()})

@@ -34,7 +34,7 @@ def _out(project: Project) -> SettingsOut:
 
 
 @router.get("/v1/project/settings", summary="The project's model and dataset settings, defaults included")
-def get_settings(session: SessionDep, key: AdminKey) -> SettingsOut:
+def get_project_settings(session: SessionDep, key: AdminKey) -> SettingsOut:
     project = session.get(Project, key.project_id)
     if project is None:
         raise NotFound("project does not exist")
@@ -42,7 +42,7 @@ def get_settings(session: SessionDep, key: AdminKey) -> SettingsOut:
 
 
 @router.patch("/v1/project/settings", summary="Change model settings (base model, auto-promotion) or dataset gates")
-def patch_settings(body: SettingsPatch, session: SessionDep, key: AdminKey) -> SettingsOut:
+def patch_project_settings(body: SettingsPatch, session: SessionDep, key: AdminKey) -> SettingsOut:
     project = session.get(Project, key.project_id)
     if project is None:
         raise NotFound("project does not exist")

@@ -8,7 +8,9 @@ Continue posts one JSON body per event to an HTTP `data:` destination of its `co
 
 `data` is the event after Continue's zod schema for that version and level (unknown keys stripped); the base
 fields every 0.2.0 event carries are `eventName, schema, timestamp, userId, userAgent, selectedProfileId`
-(`packages/config-yaml/src/schemas/data/base.ts`). The per-event field lists are in the docstring of each
+(`packages/config-yaml/src/schemas/data/base.ts`). Other releases of the same 0.2.0 send `createdAt` instead of
+`timestamp`, and some `schemaVersion` (and `sessionId`, `platform`) in `data` instead of `schema`: both shapes are
+read alike (`fixtures/continue/*_createdAt.json`). The per-event field lists are in the docstring of each
 `_map_*` function below.
 
 Ids. Resending the same body maps to the same event_ids, so our idempotency (one row per event_id) dedups it:
@@ -34,6 +36,7 @@ from core.errors import InvalidInput
 
 SCHEMA_VERSION = "0.2.0"
 _MAX_ID_CHARS = 128  # Continue's ids are UUIDs; this keeps ours under the contract's 200 characters.
+_TIME_KEYS = ("timestamp", "createdAt")  # the base field's name differs between Continue releases of 0.2.0
 
 Event = dict[str, Any]
 
@@ -88,12 +91,13 @@ def _req_id(data: dict[str, Any], key: str) -> str:
 
 
 def _occurred_at(data: dict[str, Any]) -> str:
-    """Continue's `timestamp` as ISO 8601 UTC. 0.2.0 sends an ISO string (`new Date().toISOString()`),
-    except that some Continue versions send epoch milliseconds (`Date.now()`) for autocomplete and
-    nextEditOutcome."""
-    if not _present(data, "timestamp"):
-        raise InvalidInput("data.timestamp: required")
-    value = data["timestamp"]
+    """The event's time as ISO 8601 UTC. Continue's 0.2.0 base fields name it `timestamp` in some releases and
+    `createdAt` (beside `schemaVersion`) in others; either is an ISO string (`new Date().toISOString()`), except that
+    some versions send epoch milliseconds (`Date.now()`) for autocomplete and nextEditOutcome."""
+    key = next((k for k in _TIME_KEYS if _present(data, k)), None)
+    if key is None:
+        raise InvalidInput("data.timestamp: required (or data.createdAt)")
+    value = data[key]
     try:
         if isinstance(value, str):
             at = datetime.fromisoformat(value)
@@ -101,9 +105,9 @@ def _occurred_at(data: dict[str, Any]) -> str:
         elif isinstance(value, int | float) and not isinstance(value, bool):
             at = datetime.fromtimestamp(value / 1000, UTC)
         else:
-            raise InvalidInput("data.timestamp: must be an ISO 8601 string or epoch milliseconds")
+            raise InvalidInput(f"data.{key}: must be an ISO 8601 string or epoch milliseconds")
     except (ValueError, OverflowError, OSError):
-        raise InvalidInput(f"data.timestamp: not a valid time: {str(value)[:64]!r}") from None
+        raise InvalidInput(f"data.{key}: not a valid time: {str(value)[:64]!r}") from None
     return at.astimezone(UTC).isoformat()
 
 

@@ -11,7 +11,7 @@ from core.db import session_scope, utcnow
 from core.projects import get_project, list_keys, revoke_key
 
 from ..conftest import Server, Tenant
-from ..trainers.test_live import served
+from ..trainers.test_canary import served
 
 COOKIE = "editloop_console"
 

@@ -47,6 +47,17 @@ def test_each_continue_event_joins_a_generation(tenant):
     assert chat["rating_score"] in (1.0, -1.0)
 
 
+def test_both_shapes_of_0_2_0_are_stored(tenant):
+    """Some Continue releases send `createdAt` and `schemaVersion` where others send `timestamp` and `schema`."""
+    for name in ("autocomplete", "nextEditOutcome", "editOutcome", "chatFeedback"):
+        r = post(tenant.ingest, payload(f"{name}_createdAt"))
+        assert r.status_code == 200, (name, r.text)
+        assert r.json()["stored"] == 2 and not r.json()["errors"], name
+    chat = map_continue_event(payload("chatFeedback"))[0]["generation_id"]
+    g = tenant.admin.get(f"/v1/generations/{chat}").json()
+    assert g["rating_score"] == 1.0 and g["completion"]
+
+
 def test_resent_continue_event_is_a_duplicate(tenant):
     body = payload("nextEditOutcome")
     post(tenant.ingest, body)

@@ -13,10 +13,10 @@ from core.db import session_scope
 from core.projects import get_project
 from core.settings import Settings, get_settings
 from feedback.service import ingest
-from trainers import live, registry
+from trainers import canary, registry
 
 from ..conftest import Server, Tenant
-from ..trainers.test_live import T0, lora_adapter, publish, served
+from ..trainers.test_canary import T0, lora_adapter, publish, served
 
 runner = CliRunner()
 
@@ -116,7 +116,7 @@ def test_metrics_and_compare_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert code == 0 and "Mann-Whitney" in out and "--min-samples" in out
 
         with session_scope(settings.sqlalchemy_url) as session:
-            assert live.compare(session, project_id, "canary", "production")["verdict"] == "better"
+            assert canary.compare(session, project_id, "canary", "production")["verdict"] == "better"
             assert registry.get_version(session, project_id, "canary").name == v2
     finally:
         get_settings.cache_clear()

@@ -12,6 +12,13 @@ from feedback.schemas import EVENT_TYPES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "continue"
 BASE = {"timestamp", "userId", "userAgent", "selectedProfileId", "eventName", "schema"}
+# Other Continue releases of the same 0.2.0 schema (packages/config-yaml/src/schemas/data/base/0.2.0.ts):
+# `createdAt` for `timestamp`, `schemaVersion` for `schema`, plus a session id and the platform.
+BASE_CREATED_AT = {"createdAt", "userId", "userAgent", "selectedProfileId", "eventName", "schemaVersion"} | {
+    "sessionId",
+    "platform",
+}
+MAPPED = ["autocomplete", "nextEditOutcome", "editOutcome", "chatFeedback"]
 # Every field of Continue's 0.2.0 schema for the event:
 # packages/config-yaml/src/schemas/data/<event>/v0.2.0.ts in github.com/continuedev/continue.
 FIELDS = {
@@ -110,6 +117,33 @@ def test_fixtures_have_continues_exact_shape(name):
     assert body["name"] == body["data"]["eventName"] == name
     assert body["schema"] == body["data"]["schema"] == "0.2.0" and body["level"] == "all"
     assert set(body["data"]) == FIELDS[name]
+
+
+@pytest.mark.parametrize("name", MAPPED)
+def test_created_at_fixtures_have_the_other_releases_shape(name):
+    body = load(f"{name}_createdAt")
+    assert body["name"] == body["data"]["eventName"] == name
+    assert body["schema"] == body["data"]["schemaVersion"] == "0.2.0"
+    assert set(body["data"]) == FIELDS[name] - BASE | BASE_CREATED_AT
+
+
+@pytest.mark.parametrize("name", MAPPED)
+def test_both_shapes_of_0_2_0_map_to_the_same_events(name):
+    """`timestamp` + `schema` or `createdAt` + `schemaVersion`: the same event, the same ids, the same time."""
+    with_timestamp, with_created_at = load(name), load(f"{name}_createdAt")
+    ours, theirs = valid(map_continue_event(with_timestamp)), valid(map_continue_event(with_created_at))
+    if name != "editOutcome":  # editOutcome has no id: its generation id is a digest of `data`, which differs
+        assert [e["event_id"] for e in theirs] == [e["event_id"] for e in ours]
+    assert [e["occurred_at"] for e in theirs] == [e["occurred_at"] for e in ours]
+    assert [e["type"] for e in theirs] == [e["type"] for e in ours]
+
+
+def test_chat_feedback_with_created_at_is_accepted():
+    body = load("chatFeedback_createdAt")
+    assert "timestamp" not in body["data"]
+    events = valid(map_continue_event(body))
+    assert [e["type"] for e in events] == ["generation", "rating"]
+    assert events[1]["occurred_at"] == "2025-06-30T14:10:03.117000+00:00"
 
 
 def test_autocomplete_accepted():
@@ -255,7 +289,7 @@ def test_chat_feedback_without_a_vote():
     assert [e["type"] for e in valid(map_continue_event(body))] == ["generation"]
 
 
-@pytest.mark.parametrize("name", ["autocomplete", "nextEditOutcome", "editOutcome", "chatFeedback"])
+@pytest.mark.parametrize("name", MAPPED + [f"{n}_createdAt" for n in MAPPED])
 def test_resending_maps_to_the_same_events(name):
     body = load(name)
     first = map_continue_event(body)
@@ -266,7 +300,7 @@ def test_resending_maps_to_the_same_events(name):
     assert len({e["event_id"] for e in first}) == len(first)
 
 
-@pytest.mark.parametrize("name", ["autocomplete", "nextEditOutcome", "editOutcome", "chatFeedback"])
+@pytest.mark.parametrize("name", MAPPED + [f"{n}_createdAt" for n in MAPPED])
 def test_user_is_a_digest_never_continues_user_token(name):
     body = load(name)
     events = map_continue_event(body)
@@ -322,6 +356,9 @@ def _set(path: str, value):
         ("autocomplete", _set("data.completionId", ""), "data.completionId: must be a non-empty id"),
         ("autocomplete", _set("data.completionId", "x" * 129), "data.completionId: must be a non-empty id"),
         ("autocomplete", _without("data.timestamp"), "data.timestamp: required"),
+        ("chatFeedback_createdAt", _without("data.createdAt"), "data.timestamp: required (or data.createdAt)"),
+        ("chatFeedback_createdAt", _set("data.createdAt", "soon"), "data.createdAt: not a valid time"),
+        ("editOutcome_createdAt", _set("data.createdAt", False), "data.createdAt: must be an ISO 8601 string"),
         ("autocomplete", _set("data.timestamp", "yesterday"), "data.timestamp: not a valid time"),
         ("autocomplete", _set("data.timestamp", True), "data.timestamp: must be an ISO 8601 string"),
         ("autocomplete", _set("data.accepted", "yes"), "data.accepted: must be a boolean"),

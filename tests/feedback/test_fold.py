@@ -216,3 +216,26 @@ def test_feedback_of_a_generation_excluded_under_globs_since_removed_keeps_no_co
         payloads = session.scalars(select(FeedbackEvent.payload).where(FeedbackEvent.project_id == p)).all()
     assert got.excluded and got.final_text is None and got.outcome == "edited"
     assert "PRIVATE" not in repr(payloads)
+
+
+def test_a_fold_of_thousands_of_generations_holds_a_bounded_number_of_locks(pg):
+    """The shared lock table holds ~64 locks per connection on a stock server: a fold's locks must not grow with it."""
+    p = project(pg)
+    gids = [new_id() for _ in range(3000)]
+    send(pg, p, [generation(g) for g in gids], "deferred")
+    with session_scope(pg) as session:
+        assert fold.settle(session, p) == len(gids)
+        held = session.execute(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+        ).scalar_one()
+    assert 0 < held <= fold.LOCK_BUCKETS
+    assert set(joined(pg, p)) == set(gids)
+
+
+def test_lock_buckets_are_sorted_distinct_and_bounded_for_any_claims():
+    ids = {2: [f"g{i}" for i in range(5000)], 1: ["a", "b"]}
+    buckets = fold.lock_buckets(ids)
+    assert buckets == sorted(set(buckets))
+    assert len(buckets) <= fold.LOCK_BUCKETS and all(0 <= b < fold.LOCK_BUCKETS for b in buckets)
+    # The same generation maps to the same bucket in every fold, whatever else the fold holds.
+    assert set(fold.lock_buckets({1: ["a"]})) <= set(buckets)

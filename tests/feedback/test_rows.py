@@ -1,12 +1,11 @@
 """Tests for feedback.rows: each kind of row, each gate, incremental builds and their report, on both backends.
 
-Inputs go through feedback.service.ingest, as the collector's would."""
+Inputs go through feedback.service.ingest, as the collector's would. The rules alone, without a database, are
+tested in test_derivation.py; the Python checks in test_syntax.py."""
 
-import ast
 import gc
 import threading
 import uuid
-import warnings
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -19,8 +18,9 @@ from core.projects import Project, create_project
 from core.settings import Settings
 from feedback import rows as rows_module
 from feedback import syntax
+from feedback.derivation import PAIRS_PER_ACCEPTED
 from feedback.models import DatasetBuild, Generation, TrainingRow
-from feedback.rows import GATES, KINDS, OVERLAP, PAIRS_PER_ACCEPTED, _Ahead, _Build, _config, _gen, _select, build_rows
+from feedback.rows import GATES, KINDS, OVERLAP, _Build, _config, _gen, _select, build_rows
 from feedback.service import ingest
 from tests.factories import feedback, generation
 
@@ -474,8 +474,8 @@ def test_a_group_member_changed_during_a_build_is_derived_again(db_url, monkeypa
 
 @pytest.mark.parametrize("job", ["_store", "_changed_page"])
 def test_an_error_in_a_database_job_fails_the_build_and_writes_nothing(db_url, monkeypatch, job):
-    """On Postgres the database jobs (the next page's read, the last page's write) run on the build's second thread
-    (feedback.rows._Queue): their first error is the build's, and the thread is gone when the build returns."""
+    """A failed read or write of a page fails the build: nothing after it runs, nothing is written, and no thread
+    of the build is left behind."""
     p = new_project(db_url)
     for n in range(3):
         send(db_url, p, decided(f"g{n}", "accepted", n, variant(n), prompt=f"def g{n}():\n"))
@@ -497,16 +497,16 @@ def test_an_error_in_a_database_job_fails_the_build_and_writes_nothing(db_url, m
     assert build(db_url, p, batch_size=1).rows_added == 3
 
 
-def test_a_page_read_ahead_loads_the_groups_it_did_not_read(db_url):
-    """The read ahead took the groups of the generations not seen then; one seen since with another updated_at (a
-    concurrent change that a group load found) needs its group loaded when the page is assembled."""
+def test_a_page_loads_the_rest_of_the_prompt_groups_of_its_generations(db_url):
+    """A page holds its changed generations with the other members of their groups, marked as seen: a later page
+    that holds one of them unchanged needs no second derivation of the group."""
     p = new_project(db_url)
     send(db_url, p, decided("first", "accepted", 0, variant(0)) + decided("second", "rejected", 1, variant(1)))
     with session_scope(db_url) as session:
         build_ = _Build(session, p, _config(session.get(Project, p)), utcnow(), db_url.startswith("postgresql"))
         query = _select().where(Generation.project_id == p).order_by(Generation.generation_id)
         first, second = [_gen(r) for r in session.execute(query).all()]
-        page = build_._assemble(_Ahead([first], set(), []))
+        page = build_._page([first])
         assert page is not None and {g.generation_id for g in page.gens.values()} == {"first", "second"}
         assert build_.seen == {second.id: second.updated_at}
 
@@ -556,78 +556,14 @@ def test_an_unknown_project_is_not_found(db_url):
         build_rows(session, 10**9)
 
 
-# -- the syntax check (feedback/syntax.py) -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "nonlocal x\n",  # symtable refuses these four; the parser (and so the gate) takes them
-        "def f(a, a):\n    pass\n",
-        "[x for x in (y := [1])]\n",
-        "def f():\n    from os import *\n",
-        "x = 1\n",
-        "    return x\n",  # a block body: symtable's failure is decided by compile
-        "if x\n    pass\n",
-        "x = 1\0",
-        "x = '\\d'\n",  # a SyntaxWarning only
-    ],
-)
-def test_compiles_answers_as_the_parser_does(source):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            ast.parse(source)
-            expected = True
-        except (SyntaxError, ValueError):
-            expected = False
-        assert syntax.compiles(source) is expected
-
-
-@pytest.mark.parametrize(
-    ("source", "expected"),
-    [
-        ("    total = 0\n    return total\n", True),  # a block body
-        ("\n\n    total = 0\n", True),
-        ("    x = 1\nreturn x\n", True),  # closes its block and goes on outside it
-        ("    \nx = 1\n", True),  # a blank first line: parses as it is, not as a block body
-        ("# note\n    x = 1\n", False),
-        ("    if x\n        pass\n", False),
-        ("x = (1,\n", False),
-    ],
-)
-def test_parses_takes_fragments_as_they_are_or_as_a_block_body(source, expected):
-    syntax.clear_cache()
-    assert syntax.parses(source) is expected
-
-
-def test_syntax_verdicts_are_cached_per_text(monkeypatch):
-    syntax.clear_cache()
-    calls: list[str] = []
-    original = syntax.compiles
-
-    def counted(source: str) -> bool:
-        calls.append(source)
-        return original(source)
-
-    monkeypatch.setattr(syntax, "compiles", counted)
-    assert syntax.parses(BODY) and not syntax.parses("    if x\n")
-    parsed = len(calls)
-    assert syntax.parses(BODY) and not syntax.parses("    if x\n")
-    assert syntax.parses(BODY[:-1]) and len(calls) > parsed  # another text: parsed
-    syntax.clear_cache()
-    assert syntax.parses(BODY)
-    assert calls[-1].endswith(BODY)  # parsed again after clear_cache
-
-
 def test_a_rebuild_under_new_gates_parses_no_text_twice(db_url, monkeypatch):
     p = new_project(db_url)
     send(db_url, p, edit("g1", 0) + edit("g2", 1, final=EDITED.replace("if x > 0:", "if x > 0")))
     syntax.clear_cache()
     first = build(db_url, p)
     calls: list[str] = []
-    original = syntax.compiles
-    monkeypatch.setattr(syntax, "compiles", lambda source: calls.append(source) or original(source))
+    original = syntax._compiles
+    monkeypatch.setattr(syntax, "_compiles", lambda source: calls.append(source) or original(source))
     with session_scope(db_url) as session:
         session.get(Project, p).settings = {"dataset": {"min_chars": 2}}  # new gates: everything is re-derived
     second = build(db_url, p)

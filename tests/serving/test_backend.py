@@ -1,7 +1,8 @@
 """The in-process backend: a served adapter says exactly what PEFT says with it, the base what the plain model says;
 adapters are evicted and reloaded; stop sequences cut streamed text; prompt lookup changes no greedy output;
-weights that fail their checksums are never served."""
+weights that fail their checksums are never served; without the ML stack it says what to install."""
 
+import sys
 import threading
 from pathlib import Path
 
@@ -90,3 +91,9 @@ def test_weights_that_fail_verification_are_not_served(
     tampered = Adapter("tampered", "v1", copy, adapters[0].manifest_sha256)
     with pytest.raises(BackendUnavailable, match="v1: its artifacts fail verification"):
         greedy(InProcessBackend(Settings()), serving_model, tampered)
+
+
+def test_without_the_ml_stack_the_backend_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as if not installed
+    with pytest.raises(BackendUnavailable, match=r"\(torch is not installed\): install the `train` extra"):
+        InProcessBackend(Settings()).engine("any/model", None)

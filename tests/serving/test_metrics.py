@@ -16,7 +16,7 @@ from core import logs
 from core.settings import Settings
 
 from ..conftest import Server, Tenant, make_tenant, start_server
-from ..trainers.test_live import served
+from ..trainers.test_canary import served
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trainers import styles
+from demo.corpus import style_pair
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 TOLERANCE = 1e-4  # per-sequence log-probs are sums of ~70 fp32 terms
@@ -29,7 +29,7 @@ def preference_trainer(
     rng = random.Random(0)
     rows = []
     for prompt in prompts:
-        _, chosen, rejected = styles.style_pair(rng, "type_hints", True)
+        _, chosen, rejected = style_pair(rng, "type_hints", True)
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     args = DPOConfig(
         output_dir=str(tmp_path),
@@ -382,7 +382,7 @@ def test_a_bf16_run_pages_out_the_mapped_fp32_weights_and_reads_them_back(tiny_m
     rng = random.Random(0)
     rows = []
     for i in range(8):
-        _, chosen, rejected = styles.style_pair(rng, "type_hints", True)
+        _, chosen, rejected = style_pair(rng, "type_hints", True)
         rows.append({"prompt": PROMPTS[i % len(PROMPTS)], "chosen": chosen, "rejected": rejected})
     config = DPORunConfig(seed=0, max_steps=2, batch_size=4, cpu_bf16_base="on")
 

@@ -14,9 +14,11 @@ import pytest
 from core.db import session_scope
 from core.projects import Project, Role, create_key
 from core.settings import Settings
+from demo.corpus import prompt_for, sample_function
+from demo.style import follows
 from feedback.snapshots import cut_snapshot
 from rewards.functions import LengthGuard, Parses, code_parses
-from trainers import evaluation, gate, registry, runs, styles
+from trainers import gate, metrics, registry, runs
 from trainers.models import AdapterVersion, TrainingRun
 
 from ..conftest import start_server
@@ -27,7 +29,7 @@ AXIS, VALUE = "type_hints", True
 
 
 def rule_share(texts: list[str]) -> tuple[float, int]:
-    verdicts = [styles.follows(t, AXIS, VALUE) for t in texts]
+    verdicts = [follows(t, AXIS, VALUE) for t in texts]
     decided = [v for v in verdicts if v is not None]
     return (sum(decided) / len(decided) if decided else 0.0), len(decided)
 
@@ -101,7 +103,8 @@ def test_prompts_are_recent_logged_generations_outside_the_eval_split(sqlite_url
     from feedback import texts
     from feedback.models import Generation, SnapshotRow
     from ml.loading import load_tokenizer
-    from trainers.pipeline_run import Context, _online_prompts
+    from trainers.execute import _online_prompts
+    from trainers.run_context import RunContext
 
     project_id = style_project(sqlite_url, tiny_model, n=30, axis=AXIS, value=VALUE)
     with session_scope(sqlite_url) as session:
@@ -121,7 +124,7 @@ def test_prompts_are_recent_logged_generations_outside_the_eval_split(sqlite_url
         by_prompt = {g.prompt: g for g in generations}
         session.expunge(snapshot)
     assert eval_hashes
-    ctx = Context(sqlite_url, Settings(), 0, project_id, "p", str(tiny_model), None, "off", snapshot, None)
+    ctx = RunContext(sqlite_url, Settings(), 0, project_id, "p", str(tiny_model), None, "off", snapshot, None)
     prompts = _online_prompts(ctx, load_tokenizer(str(tiny_model)), limit=100)
     assert prompts and all(p["python"] is True for p in prompts)
     chosen = [by_prompt[p["prompt"]] for p in prompts]
@@ -143,9 +146,9 @@ def learns_the_rule(rl_project: RLProject, tiny_model: Path, kind: str, **config
 
     url, project_id = rl_project.url, rl_project.project_id
     rng = random.Random(12345)
-    prompts = [styles.prompt_for(styles.sample_function(rng)) for _ in range(48)]
+    prompts = [prompt_for(sample_function(rng)) for _ in range(48)]
     tokenizer = load_tokenizer(str(tiny_model))
-    base_texts = evaluation.generate(load_model(str(tiny_model)), tokenizer, prompts, max_new_tokens=160)
+    base_texts = metrics.generate(load_model(str(tiny_model)), tokenizer, prompts, max_new_tokens=160)
 
     run = execute(url, project_id, kind, rl_project.data_dir, eval_examples=40, **config)
     assert run.status == "succeeded", run.error
@@ -164,11 +167,11 @@ def learns_the_rule(rl_project: RLProject, tiny_model: Path, kind: str, **config
 
     # And on prompts no split holds, the rule share rises while the parse rate holds.
     model = PeftModel.from_pretrained(load_model(str(tiny_model)), str(registry.verified_path(version)))
-    tuned_texts = evaluation.generate(model, tokenizer, prompts, max_new_tokens=160)
+    tuned_texts = metrics.generate(model, tokenizer, prompts, max_new_tokens=160)
     base_share, base_n = rule_share(base_texts)
     tuned_share, tuned_n = rule_share(tuned_texts)
-    base_parses = [float(evaluation.parses(t)) for t in base_texts]
-    tuned_parses = [float(evaluation.parses(t)) for t in tuned_texts]
+    base_parses = [float(metrics.parses(t)) for t in base_texts]
+    tuned_parses = [float(metrics.parses(t)) for t in tuned_texts]
     base_parse, tuned_parse = sum(base_parses) / len(base_parses), sum(tuned_parses) / len(tuned_parses)
     flips = list(zip(base_parses, tuned_parses, strict=True))
     broken, fixed = flips.count((1.0, 0.0)), flips.count((0.0, 1.0))

@@ -237,7 +237,7 @@ def test_qlora_4bit_base_on_the_cpu(sqlite_url: str, model_dir: Path, tmp_path: 
 def test_the_scheduled_trigger_runs_the_pipeline_and_auto_promotes(
     sqlite_url: str, model_dir: Path, tmp_path: Path
 ) -> None:
-    from trainers.pipeline import check_trigger
+    from trainers.triggers import check_trigger
 
     url = sqlite_url
     project_id = style_project(

@@ -10,7 +10,9 @@ import pytest
 
 from core.db import session_scope
 from core.settings import Settings
-from trainers import evaluation, registry, runs, styles
+from demo.corpus import prompt_for, sample_function
+from demo.style import follows
+from trainers import metrics, registry, runs
 from trainers.models import AdapterVersion
 
 from .tiny import style_project
@@ -20,7 +22,7 @@ AXIS = "quotes"
 
 
 def rule_share(texts: list[str], value: str) -> tuple[float, int]:
-    verdicts = [styles.follows(t, AXIS, value) for t in texts]
+    verdicts = [follows(t, AXIS, value) for t in texts]
     decided = [v for v in verdicts if v is not None]
     return (sum(decided) / len(decided) if decided else 0.0), len(decided)
 
@@ -44,9 +46,9 @@ def test_reward_model_and_dpo_learn_a_style_rule(sqlite_url: str, tiny_model: Pa
     # Fresh prompts that no split holds. The rule users teach is the quote style the base's greedy code uses least,
     # so there is room to move.
     rng = random.Random(12345)
-    prompts = [styles.prompt_for(styles.sample_function(rng)) for _ in range(48)]
+    prompts = [prompt_for(sample_function(rng)) for _ in range(48)]
     tokenizer = load_tokenizer(str(tiny_model))
-    base_texts = evaluation.generate(load_model(str(tiny_model)), tokenizer, prompts, max_new_tokens=160)
+    base_texts = metrics.generate(load_model(str(tiny_model)), tokenizer, prompts, max_new_tokens=160)
     single, _ = rule_share(base_texts, "single")
     value = "double" if single >= 0.5 else "single"
 
@@ -64,14 +66,12 @@ def test_reward_model_and_dpo_learn_a_style_rule(sqlite_url: str, tiny_model: Pa
     assert policy.metrics["eval"]["implicit_reward"]["accuracy"] > 0.8
 
     model = PeftModel.from_pretrained(load_model(str(tiny_model)), str(registry.verified_path(policy)))
-    assert (
-        evaluation.generate(model, tokenizer, prompts[:4], max_new_tokens=160, adapter_disabled=True) == base_texts[:4]
-    )
-    tuned_texts = evaluation.generate(model, tokenizer, prompts, max_new_tokens=160)
+    assert metrics.generate(model, tokenizer, prompts[:4], max_new_tokens=160, adapter_disabled=True) == base_texts[:4]
+    tuned_texts = metrics.generate(model, tokenizer, prompts, max_new_tokens=160)
     base_share, base_n = rule_share(base_texts, value)
     tuned_share, tuned_n = rule_share(tuned_texts, value)
-    base_parse = evaluation.parse_rate(base_texts)["rate"]
-    tuned_parse = evaluation.parse_rate(tuned_texts)["rate"]
+    base_parse = metrics.parse_rate(base_texts)["rate"]
+    tuned_parse = metrics.parse_rate(tuned_texts)["rate"]
     print(  # figures for the record (pytest -s)
         f"rule quotes={value}: reward held-out accuracy {held_out['accuracy']:.3f} (n={held_out['n']}),"
         f" implicit {policy.metrics['eval']['implicit_reward']['accuracy']:.3f};"

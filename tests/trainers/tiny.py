@@ -9,9 +9,9 @@ from pathlib import Path
 from core.db import session_scope
 from core.projects import create_project
 from core.settings import Settings
+from demo.corpus import corpus, style_pair
 from feedback.rows import build_rows
 from feedback.service import ingest
-from trainers import styles
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -29,7 +29,7 @@ def random_model(out: Path, vocab: int = 512) -> Path:
         special_tokens=["<|endoftext|>", "<|pad|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(styles.corpus(400, seed=1), trainer)
+    tok.train_from_iterator(corpus(400, seed=1), trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|pad|>"
     )
@@ -61,7 +61,7 @@ def style_events(n: int, axis: str = "type_hints", value: object = True, seed: i
     rng = random.Random(seed)
     events: list[dict] = []
     for i in range(n):
-        prompt, chosen, rejected = styles.style_pair(rng, axis, value)
+        prompt, chosen, rejected = style_pair(rng, axis, value)
         gid = f"g{i}-{uuid.uuid4().hex[:6]}"
         t = T0 + timedelta(minutes=i)
         events.append(

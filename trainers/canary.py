@@ -1,0 +1,404 @@
+"""Live metrics per served version, from the feedback its own generations received, and the canary policy.
+
+The gateway stamps every generation with the adapter version that produced it (`Generation.model`: `v3`, or `base`
+for the base model alone). What the editor did with it is the generation's `outcome` (feedback.join): `edited` when
+any `edited` event arrived (whatever the decision), else the latest decision, `accepted` or `rejected`; `shown` and
+`pending` have no feedback yet. From those outcomes, per version:
+
+- **served**: its generations (with a `generation` event), in the window when `since` is given (by `shown_at`);
+- **with feedback**: those whose outcome is accepted, rejected or edited. It is the denominator of both rates;
+  generations still waiting for feedback are counted as served but are no evidence either way;
+- **acceptance rate**: share of generations with feedback that were accepted *and never edited* (kept as served,
+  or the accepted part of it), with a Wilson score 95% interval;
+- **edit rate**: share of generations with feedback that were edited (lower is better: an edit is work the user
+  did), with a Wilson score 95% interval;
+- **edit distance**: mean normalized Levenshtein distance between an edited generation and the user's final text
+  (0 identical, 1 nothing in common; lower is better), over edited generations that have one (a generation in an
+  excluded path keeps no text, hence no distance), with a percentile bootstrap 95% interval (metrics.mean_ci;
+  a normal interval above `BOOTSTRAP_MAX` values, where the two agree and the bootstrap would only cost time).
+
+`compare` tests two versions' difference: acceptance and edit rates by a two-proportion z-test (Fisher's exact test
+when an expected cell count is below 5), edit distances by a Mann-Whitney U test (exact permutation distribution for
+small samples, normal approximation with tie correction otherwise). Pure Python; each result names its method.
+
+The canary policy (`apply_canary_policy`) decides on one pre-declared metric, the acceptance rate, so `alpha` is
+the error rate of that one test: significantly better promotes the canary to production (through the registry's
+promotion gate) and ends the canary; significantly worse takes the canary alias away, so production serves everyone.
+The test compares both aliases over the same window (since the canary alias last moved), so a change in traffic over
+time affects both sides alike. The tick re-tests as feedback accrues, which raises the chance of a false decision
+above `alpha` (repeated looks); `canary_min_samples` is what guards against deciding on the first few."""
+
+import itertools
+import math
+from datetime import UTC, datetime
+from statistics import NormalDist
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict, NotFound
+from core.projects import Project
+from feedback.fold import settle
+from feedback.models import Generation
+from trainers import registry
+from trainers.config import model_settings
+from trainers.metrics import mean_ci
+from trainers.models import AdapterAlias
+
+BASE = "base"
+CONFIDENCE = 0.95
+BOOTSTRAP_MAX = 200  # above this many edit distances, a normal interval: it agrees, and 2000 resamples of
+# thousands of values took seconds per version (the console's canary page, GET /v1/adapters/compare)
+EXACT_MAX_ARRANGEMENTS = 20_000  # Mann-Whitney: enumerate the exact distribution up to this many arrangements
+FEEDBACK = ("accepted", "rejected", "edited")
+NORMAL = NormalDist()
+
+
+# --- statistics ----------------------------------------------------------------------------------------------------
+
+
+def wilson(successes: int, n: int, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """{rate, low, high, successes, n}: the Wilson score interval, which stays inside [0, 1] and keeps its coverage
+    for small n and rates near 0 or 1 (unlike the normal "p ± z·se"). n = 0: rate and interval None."""
+    if n == 0:
+        return {"rate": None, "low": None, "high": None, "successes": 0, "n": 0}
+    z = NORMAL.inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends, where rounding leaves 1e-17
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return {"rate": p, "low": low, "high": high, "successes": successes, "n": n}
+
+
+def _normal_p(z: float) -> float:
+    return 2 * (1 - NORMAL.cdf(abs(z)))
+
+
+def _log_choose(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided p-value of Fisher's exact test on [[k1, n1-k1], [k2, n2-k2]]: the probability, given the margins,
+    of a table no more likely than the observed one (the convention of R's fisher.test and scipy)."""
+    successes, total = k1 + k2, n1 + n2
+    low, high = max(0, successes - n2), min(successes, n1)
+
+    def log_p(x: int) -> float:
+        return _log_choose(n1, x) + _log_choose(n2, successes - x) - _log_choose(total, successes)
+
+    observed = log_p(k1)
+    p = math.fsum(math.exp(log_p(x)) for x in range(low, high + 1) if log_p(x) <= observed + 1e-7)
+    return min(1.0, p)
+
+
+def two_proportions(k1: int, n1: int, k2: int, n2: int) -> dict[str, Any]:
+    """Is k1/n1 different from k2/n2? The pooled two-proportion z-test when every expected cell count is at least 5,
+    Fisher's exact test otherwise. {method, statistic, p_value}; statistic: z, or the sample odds ratio (None when
+    a cell is 0) for Fisher. p_value None when a side is empty."""
+    if n1 == 0 or n2 == 0:
+        return {"method": "two-proportion test (a side has no data)", "statistic": None, "p_value": None}
+    pooled = (k1 + k2) / (n1 + n2)
+    expected = (n1 * pooled, n1 * (1 - pooled), n2 * pooled, n2 * (1 - pooled))
+    if min(expected) >= 5:
+        se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+        z = (k1 / n1 - k2 / n2) / se
+        return {"method": "two-proportion z-test (pooled, two-sided)", "statistic": z, "p_value": _normal_p(z)}
+    a, b, c, d = k1, n1 - k1, k2, n2 - k2
+    odds = (a * d) / (b * c) if b * c else None
+    return {
+        "method": "Fisher's exact test (two-sided; an expected cell count is below 5)",
+        "statistic": odds,
+        "p_value": fisher_exact(k1, n1, k2, n2),
+    }
+
+
+def _mid_ranks(values: list[float]) -> tuple[list[float], list[int]]:
+    """Ranks 1..n (ties share their mean rank) in the order of `values`, and the sizes of the tie groups."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    ties: list[int] = []
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        ties.append(j - i + 1)
+        i = j + 1
+    return ranks, ties
+
+
+def mann_whitney(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Two-sided Mann-Whitney U test (does a tend to be larger or smaller than b?). {method, statistic (U of a),
+    p_value}. Exact (every arrangement of the pooled mid-ranks) when there are at most EXACT_MAX_ARRANGEMENTS of them,
+    else the normal approximation with tie and continuity corrections. p_value None when a side is empty."""
+    n1, n2 = len(a), len(b)
+    if n1 == 0 or n2 == 0:
+        return {"method": "Mann-Whitney U test (a side has no data)", "statistic": None, "p_value": None}
+    ranks, ties = _mid_ranks([*a, *b])
+    offset = n1 * (n1 + 1) / 2
+    u = math.fsum(ranks[:n1]) - offset
+    mean_u = n1 * n2 / 2
+    if math.comb(n1 + n2, n1) <= EXACT_MAX_ARRANGEMENTS:
+        observed = abs(u - mean_u) - 1e-9
+        total = hits = 0
+        for chosen in itertools.combinations(ranks, n1):
+            total += 1
+            hits += abs(math.fsum(chosen) - offset - mean_u) >= observed
+        return {
+            "method": f"Mann-Whitney U test (two-sided, exact over {total} arrangements)",
+            "statistic": u,
+            "p_value": hits / total,
+        }
+    n = n1 + n2
+    variance = n1 * n2 / 12 * ((n + 1) - math.fsum(t**3 - t for t in ties) / (n * (n - 1)))
+    if variance <= 0:  # every value tied: no evidence of a difference
+        p_value = 1.0
+    else:
+        z = max(0.0, abs(u - mean_u) - 0.5) / math.sqrt(variance)
+        p_value = _normal_p(z)
+    return {
+        "method": "Mann-Whitney U test (two-sided, normal approximation with tie and continuity corrections)",
+        "statistic": u,
+        "p_value": p_value,
+    }
+
+
+def _mean_interval(values: list[float]) -> dict[str, Any]:
+    if len(values) <= BOOTSTRAP_MAX:
+        return {**mean_ci(values, CONFIDENCE), "method": "percentile bootstrap, 2000 resamples"}
+    n = len(values)
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = NORMAL.inv_cdf(1 - (1 - CONFIDENCE) / 2) * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "method": "normal (mean ± z·sd/√n)"}
+
+
+# --- metrics from the database -------------------------------------------------------------------------------------
+
+
+def served_model_name(session: Session, project_id: int, ref: str) -> str:
+    """The model name that generations carry for `ref`: a version name, an alias (production, canary) or `base`.
+    NotFound names the ref."""
+    if ref == BASE:
+        return BASE
+    return registry.get_version(session, project_id, ref).name
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def version_metrics(session: Session, project_id: int, ref: str, since: datetime | None = None) -> dict[str, Any]:
+    """Live metrics of one version (see the module docstring for what each counts), over its generations shown at or
+    after `since` (a naive time is UTC). Two queries: one aggregate of the counts, one column of edit distances.
+    Events still queued for the fold are folded first (the caller commits that)."""
+    settle(session, project_id)
+    model = served_model_name(session, project_id, ref)
+    since = _utc(since)
+    scope = [Generation.project_id == project_id, Generation.model == model]
+    if since is not None:
+        scope.append(Generation.shown_at >= since)
+
+    def count(*outcomes: str) -> Any:
+        return func.coalesce(func.sum(case((Generation.outcome.in_(outcomes), 1), else_=0)), 0)
+
+    row = session.execute(
+        select(
+            func.count(Generation.id), count(*FEEDBACK), count("accepted"), count("edited"), count("rejected")
+        ).where(*scope)
+    ).one()
+    served, with_feedback, accepted, edited, rejected = (int(x) for x in row)
+    edited_rows = select(Generation.edit_distance).where(*scope, Generation.outcome == "edited")
+    distances = [float(d) for d in session.scalars(edited_rows) if d is not None]
+    return {
+        "ref": ref,
+        "model": model,
+        "since": since,
+        "served": served,
+        "with_feedback": with_feedback,
+        "accepted": accepted,
+        "edited": edited,
+        "rejected": rejected,
+        "acceptance_rate": wilson(accepted, with_feedback),
+        "edit_rate": wilson(edited, with_feedback),
+        "edit_distance": _mean_interval(distances),
+        "distances": distances,
+    }
+
+
+def without_distances(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics without the raw list of distances (which `compare` needs, a reader does not)."""
+    return {k: v for k, v in metrics.items() if k != "distances"}
+
+
+def _verdict(p_value: float | None, difference: float | None, higher_is_better: bool, alpha: float) -> str:
+    if p_value is None or difference is None:
+        return "not enough data"
+    if p_value >= alpha or difference == 0:
+        return "no significant difference"
+    return "better" if (difference > 0) == higher_is_better else "worse"
+
+
+def compare(
+    session: Session,
+    project_id: int,
+    a: str,
+    b: str,
+    *,
+    since: datetime | None = None,
+    alpha: float | None = None,
+    min_samples: int | None = None,
+) -> dict[str, Any]:
+    """Is `a` better or worse than `b` on live feedback? Differences are a - b. Each test says its method, statistic
+    and p-value, and a verdict about `a`: better, worse, no significant difference (p >= alpha), or not enough data
+    (a side has fewer than `min_samples` observations of what the test compares: generations with feedback for the
+    rates, edited generations with a distance for the edit distance). `alpha` and `min_samples` default to the
+    project's canary settings. The overall `verdict` is the acceptance rate's, the metric the canary policy uses."""
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} does not exist")
+    settings = model_settings(project.settings)
+    alpha = settings.canary_alpha if alpha is None else alpha
+    min_samples = settings.canary_min_samples if min_samples is None else min_samples
+    ma, mb = version_metrics(session, project_id, a, since), version_metrics(session, project_id, b, since)
+    tests: dict[str, dict[str, Any]] = {}
+    for metric, field in (("acceptance_rate", "accepted"), ("edit_rate", "edited")):
+        higher_is_better = metric == "acceptance_rate"
+        ra, rb = ma[metric], mb[metric]
+        enough = min(ma["with_feedback"], mb["with_feedback"]) >= min_samples
+        test = two_proportions(ma[field], ma["with_feedback"], mb[field], mb["with_feedback"])
+        difference = ra["rate"] - rb["rate"] if ra["rate"] is not None and rb["rate"] is not None else None
+        tests[metric] = {
+            "metric": metric,
+            "a": ra["rate"],
+            "b": rb["rate"],
+            "difference": difference,
+            "higher_is_better": higher_is_better,
+            "n": [ma["with_feedback"], mb["with_feedback"]],
+            **test,
+            "verdict": _verdict(test["p_value"] if enough else None, difference, higher_is_better, alpha),
+        }
+    da, db = ma["distances"], mb["distances"]
+    test = mann_whitney(da, db)
+    difference = ma["edit_distance"]["mean"] - mb["edit_distance"]["mean"] if da and db else None
+    enough = min(len(da), len(db)) >= min_samples
+    shift = test["statistic"] - len(da) * len(db) / 2 if test["statistic"] is not None else None
+    tests["edit_distance"] = {
+        "metric": "edit_distance",
+        "a": ma["edit_distance"]["mean"],
+        "b": mb["edit_distance"]["mean"],
+        "difference": difference,
+        "higher_is_better": False,
+        "n": [len(da), len(db)],
+        **test,
+        # Mann-Whitney tests which side tends to be larger: its direction is U's, not the means'.
+        "verdict": _verdict(test["p_value"] if enough else None, shift, False, alpha),
+    }
+    return {
+        "a": without_distances(ma),
+        "b": without_distances(mb),
+        "since": _utc(since),
+        "alpha": alpha,
+        "min_samples": min_samples,
+        "tests": tests,
+        "verdict": tests["acceptance_rate"]["verdict"],
+    }
+
+
+# --- the canary policy ---------------------------------------------------------------------------------------------
+
+
+def _summary(comparison: dict[str, Any]) -> str:
+    t = comparison["tests"]["acceptance_rate"]
+    statistic = "-" if t["statistic"] is None else f"{t['statistic']:.4g}"
+    return (
+        f"acceptance rate {t['a']:.3f} (n={t['n'][0]}) vs {t['b']:.3f} (n={t['n'][1]}): {t['method']},"
+        f" statistic {statistic}, p={t['p_value']:.4g}, alpha={comparison['alpha']}"
+    )
+
+
+def _evidence(comparison: dict[str, Any]) -> dict[str, Any]:
+    """What the alias history keeps of a decision: the tests, their inputs and the window (JSON-ready)."""
+    since = comparison["since"]
+    return {
+        "since": since.isoformat() if since is not None else None,
+        "alpha": comparison["alpha"],
+        "min_samples": comparison["min_samples"],
+        "canary": comparison["a"]["model"],
+        "baseline": comparison["b"]["model"],
+        "tests": comparison["tests"],
+        "verdict": comparison["verdict"],
+    }
+
+
+def apply_canary_policy(session: Session, project_id: int, actor: str = "canary-policy") -> dict[str, Any]:
+    """Apply the project's `model.canary_policy` once. Compares the canary with production (or `base` while no
+    version is production) on the acceptance rate over the window since the canary alias last moved, then:
+
+    - `promoted`: significantly better and the policy is promote or both: production moves to the canary's version
+      through the registry's promotion gate, the test recorded in the alias event's reason and `gate["live"]`, and
+      the canary alias is cleared (the experiment is over);
+    - `rolled_back`: significantly worse and the policy is rollback or both: the canary alias is cleared, so the
+      gateway serves production to everyone; the event's `gate["live"]` holds the test;
+    - `blocked`: better, but the offline promotion gate refused (nothing moves; an ML engineer can force it);
+    - `none`: anything else, with the reason (policy off, no canary, not enough data, no significant difference, or
+      a verdict the policy does not act on).
+
+    Returns {project_id, policy, action, reason, canary, baseline, comparison}. The caller commits."""
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} does not exist")
+    settings = model_settings(project.settings)
+    record: dict[str, Any] = {
+        "project_id": project_id,
+        "policy": settings.canary_policy,
+        "action": "none",
+        "reason": "",
+        "canary": None,
+        "baseline": None,
+        "comparison": None,
+    }
+    if settings.canary_policy == "off":
+        return {**record, "reason": "the canary policy is off"}
+    canary = registry.alias_version(session, project_id, "canary")
+    if canary is None:
+        return {**record, "reason": "no canary"}
+    production = registry.alias_version(session, project_id, "production")
+    baseline = production.name if production is not None else BASE
+    record.update(canary=canary.name, baseline=baseline)
+    if production is not None and production.id == canary.id:
+        return {**record, "reason": "the canary is the production version"}
+    alias_row = session.get(AdapterAlias, (project_id, "canary"))
+    since = alias_row.updated_at if alias_row is not None else None
+    comparison = compare(session, project_id, canary.name, baseline, since=since)
+    record["comparison"] = comparison
+    verdict = comparison["verdict"]
+    if verdict == "not enough data":
+        n = comparison["tests"]["acceptance_rate"]["n"]
+        need = comparison["min_samples"]
+        return {**record, "reason": f"not enough data: {n[0]} and {n[1]} generations with feedback, {need} needed"}
+    summary = _summary(comparison)
+    if verdict == "better" and settings.canary_policy in ("promote", "both"):
+        reason = f"canary policy: {canary.name} significantly better than {baseline} on live feedback; {summary}"
+        try:
+            event = registry.promote(session, project_id, canary.name, alias="production", actor=actor, reason=reason)
+        except Conflict as exc:
+            return {**record, "action": "blocked", "reason": f"{summary}; {exc.detail}"}
+        event.gate = {**event.gate, "live": _evidence(comparison)}
+        registry.clear_alias(
+            session, project_id, "canary", actor=actor, reason=f"promoted to production; {summary}", gate={}
+        )
+        return {**record, "action": "promoted", "reason": reason}
+    if verdict == "worse" and settings.canary_policy in ("rollback", "both"):
+        reason = f"canary policy: {canary.name} significantly worse than {baseline} on live feedback; {summary}"
+        registry.clear_alias(
+            session, project_id, "canary", actor=actor, reason=reason, gate={"live": _evidence(comparison)}
+        )
+        return {**record, "action": "rolled_back", "reason": reason}
+    return {**record, "reason": f"{verdict} ({settings.canary_policy} policy acts on no such verdict); {summary}"}
