@@ -5,7 +5,7 @@ TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-fast test-ts test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl bench-deletion clean
+.PHONY: install demo serve test test-fast test-ts test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl bench-deletion bench-console clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-ingest: $(STAMP)
 
 bench-pairs: $(STAMP)
 	$(BIN)/python benchmarks/pairs.py
+
+bench-console: $(STAMP)
+	$(BIN)/python benchmarks/console.py
 
 bench-dpo: $(STAMP)
 	$(BIN)/python benchmarks/dpo.py

@@ -119,11 +119,13 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker on EDITLOOP_BROKER_URL (default: a SQLite-backed queue in the data dir)."""
+    from core import logs
     from core.queue import configure
 
     settings = get_settings()
     ready_schema(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    logs.setup(settings.log_format, loglevel.upper())
     argv = ["worker", "-Q", queues, "--concurrency", str(concurrency), "--loglevel", loglevel]
     argv += ["--pool", "solo" if concurrency == 1 else "prefork"]
     if beat:

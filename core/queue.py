@@ -9,6 +9,7 @@ from celery import Celery
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from core import logs
 from core.settings import Settings, get_settings
 
 TASK_MODULES = ["feedback.tasks", "trainers.tasks", "trainers.rights_tasks"]
@@ -49,6 +50,7 @@ def configure(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
     )
     celery_app.conf.imports = TASK_MODULES
+    logs.connect_celery()  # the request id travels with the messages a request sends
     return celery_app
 
 

@@ -126,6 +126,13 @@ class Settings(BaseSettings):
         " same path as here.",
     )
     vllm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one call to the vLLM server.")
+    metrics_token: str | None = Field(
+        None, description="Bearer token that GET /metrics requires; unset: /metrics answers loopback callers only."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line; text: for humans.")
+    console_secure_cookie: bool = Field(
+        False, description="Mark the console's session cookie Secure (set it when the console is served over HTTPS)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

@@ -221,22 +221,28 @@ def promote(
     current = alias_version(session, project_id, alias)
     if current is not None and current.id == version.id:
         raise Conflict(f"{alias} already points at {version.name}")
-    production = alias_version(session, project_id, "production")
-    if production is not None and production.id == version.id:
-        verdict: dict[str, Any] = {"passed": True, "reasons": ["the candidate is production"]}
-    else:
-        project = session.get(Project, project_id)
-        tolerances = model_settings(project.settings if project is not None else None).gate.model_dump()
-        verdict = gate.check(
-            evaluated(session, version, production),
-            evaluated(session, production) if production is not None else None,
-            tolerances,
-        )
+    verdict = gate_verdict(session, project_id, version, alias_version(session, project_id, "production"))
     if not verdict["passed"] and not force:
         raise PromotionRefused(
             f"promotion of {version.name} to {alias} refused: {'; '.join(verdict['reasons'])}", verdict
         )
     return _move(session, project_id, alias, version, current, "promote", actor, reason, force, verdict, now)
+
+
+def gate_verdict(
+    session: Session, project_id: int, version: AdapterVersion, production: AdapterVersion | None
+) -> dict[str, Any]:
+    """What the promotion gate answers for this version against this production and the base, with the project's
+    tolerances."""
+    if production is not None and production.id == version.id:
+        return {"passed": True, "reasons": ["the candidate is production"]}
+    project = session.get(Project, project_id)
+    tolerances = model_settings(project.settings if project is not None else None).gate.model_dump()
+    return gate.check(
+        evaluated(session, version, production),
+        evaluated(session, production) if production is not None else None,
+        tolerances,
+    )
 
 
 def evaluated(session: Session, version: AdapterVersion, production: AdapterVersion | None = None) -> gate.Evaluated:
