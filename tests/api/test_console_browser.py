@@ -203,13 +203,15 @@ def test_console_end_to_end(site: dict, browser) -> None:
     assert page.inner_text("#alias-production") == "v2"
     assert "best edit replay" in page.inner_text("#history")
 
-    # The gate refuses v1 (trained for 20 steps from random weights) against v2, and the page says why.
+    # The gate refuses v1 (trained for 20 steps from random weights, evaluated before v2 was production) against v2:
+    # it never compares across different prompts, and the page says why and how to re-evaluate.
     form = page.locator("#v1 form.promote")
     form.locator("input[name=reason]").fill("try the trained one")
     form.locator("button[type=submit]").click()
     page.wait_for_selector("#refusal")
     refusal = page.inner_text("#refusal")
-    assert "refused" in refusal and "edit replay distance is higher than production's" in refusal
+    assert "refused" in refusal and "production is v2, but v1 was evaluated" in refusal
+    assert "editloop adapters evaluate v1" in refusal
     assert page.inner_text("#alias-production") == "v2"
     page.screenshot(path=str(ARTIFACTS / "5-adapters-refusal.png"), full_page=True)
     expected_status(problems, 409)
@@ -244,7 +246,7 @@ def test_console_end_to_end(site: dict, browser) -> None:
     assert "sft:" in page.inner_text("#snapshots")
     visit("/ui/canary", "6-canary")
     assert page.inner_text("#verdict") in ("worse", "not enough data")
-    assert "two-proportion" in page.inner_text("#canary-tests")
+    assert "mixture sequential probability ratio test" in page.inner_text("#canary-tests")
 
     # Every page links to the next; signing out ends the session.
     visit("/ui")
