@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.console import auth, queries
 from api.deps import SessionDep, authenticated, settings_of
+from api.edge import json_problem
 from api.errors import status_of
 from core.errors import EditloopError, InvalidInput, Unauthenticated
 from core.projects import ApiKey, Role
@@ -69,8 +70,13 @@ def render(request: Request, who: auth.ConsoleSession | None, page: str, status:
 
 
 async def form(request: Request) -> dict[str, str]:
+    """The console's form fields (urlencoded), refused where Postgres could not store them, like any JSON body."""
     body = (await request.body()).decode("utf-8", "replace")
-    return {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
+    fields = {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
+    problem = json_problem(fields, "form")
+    if problem is not None:
+        raise InvalidInput(problem)
+    return fields
 
 
 # --- signing in and out ----------------------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ def test_excluded_code_csrf_and_revocation(server: Server, tenant_factory) -> No
     assert cross.status_code == 403
     missing = console.post("/ui/adapters/v9/promote", data={"csrf_token": csrf, "alias": "production"})
     assert missing.status_code == 404 and "refused" not in missing.text and "v9" in missing.text
+    nul = console.post("/ui/adapters/v9/promote", data={"csrf_token": csrf, "alias": "production", "reason": "a\x00"})
+    assert nul.status_code == 422 and "form.reason" in nul.text  # what Postgres cannot store never reaches it
 
     with session_scope(server.db_url) as session:
         project = get_project(session, tenant.name)
