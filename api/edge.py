@@ -8,7 +8,6 @@ route gets it; the JSON bodies that routes read themselves go through `api.body.
 
 import types
 import typing
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,8 +18,7 @@ from fastapi.routing import APIRoute
 
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 _NUL = "\x00"
-# Each route's parameters, found once per route (weakly held: apps made in tests come and go).
-_DECLARED: "weakref.WeakKeyDictionary[APIRoute, list[tuple[str, str, bool]]]" = weakref.WeakKeyDictionary()
+_DECLARED = "_editloop_declared"  # the attribute that keeps a route's parameters, found once per route
 
 
 async def check_request(request: Request) -> None:
@@ -28,9 +26,10 @@ async def check_request(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    parameters = _DECLARED.get(route)
+    parameters: list[tuple[str, str, bool]] | None = getattr(route, _DECLARED, None)
     if parameters is None:
-        parameters = _DECLARED[route] = _parameters(route.dependant)
+        parameters = _parameters(route.dependant)
+        setattr(route, _DECLARED, parameters)
     problem = _parameter_problem(request, parameters)
     if problem is None and route.body_field is not None and _json_body(request):
         # FastAPI parsed the body before solving dependencies; Starlette keeps the result on the request.

@@ -18,7 +18,7 @@ from demo.corpus import prompt_for, sample_function
 from demo.style import follows
 from feedback.snapshots import cut_snapshot
 from rewards.functions import LengthGuard, Parses, code_parses
-from trainers import gate, metrics, registry, runs
+from trainers import metrics, registry, runs
 from trainers.models import AdapterVersion, TrainingRun
 
 from ..conftest import start_server
@@ -175,7 +175,7 @@ def learns_the_rule(rl_project: RLProject, tiny_model: Path, kind: str, **config
     base_parse, tuned_parse = sum(base_parses) / len(base_parses), sum(tuned_parses) / len(tuned_parses)
     flips = list(zip(base_parses, tuned_parses, strict=True))
     broken, fixed = flips.count((1.0, 0.0)), flips.count((0.0, 1.0))
-    parse_change = gate.bootstrap_difference(tuned_parses, base_parses, paired=True)
+    parse_change = metrics.paired_difference(tuned_parses, base_parses)  # the same paired bootstrap, seed 0
     print(  # figures for the record (pytest -s)
         f"{kind} {train['steps']} steps in {train['train_seconds']:.0f}s;"
         f" reward-model score (held-out greedy) {scores['base']['mean']:.2f} -> {scores['candidate']['mean']:.2f};"
