@@ -229,9 +229,9 @@ def projects_set(
 
 def _setting_sections() -> dict[str, Any]:
     from feedback.config import DatasetConfig
-    from trainers.config import ModelSettings
+    from trainers.config import ModelSettings, UpstreamSettings
 
-    return {"model": ModelSettings, "dataset": DatasetConfig}
+    return {"model": ModelSettings, "dataset": DatasetConfig, "upstream": UpstreamSettings}
 
 
 @projects_app.command("show")
