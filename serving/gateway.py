@@ -81,6 +81,10 @@ class Gateway:
         self._limiter: anyio.CapacityLimiter | None = None
         self._upstream: Upstream | None = None
 
+    async def aclose(self) -> None:
+        if self._upstream is not None:
+            await self._upstream.aclose()
+
     @property
     def upstream(self) -> Upstream:
         """The client of every project's upstream: one connection pool per process."""

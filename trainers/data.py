@@ -67,7 +67,9 @@ def upstream_completions(session: Session, project_id: int, records: list[dict[s
     """For each record (by `editloop_source_key`), the latest completion the project's upstream was logged giving for
     the same prompt (same prompt hash as the record's generation), where one exists: the rented model's answer on a
     held-out prompt, compared at no extra API spend."""
-    first = {r["editloop_source_key"]: r["editloop_generation_ids"][0] for r in records if r["editloop_generation_ids"]}
+    first = {
+        r["editloop_source_key"]: r["editloop_generation_ids"][0] for r in records if r.get("editloop_generation_ids")
+    }
     hashes: dict[str, str] = {}
     ids = sorted(set(first.values()))
     for start in range(0, len(ids), 500):

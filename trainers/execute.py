@@ -243,7 +243,10 @@ def _replay_rows(ctx: RunContext, tokenizer: Any, limit: int) -> list[dict[str, 
     """Held-out prompts and what the user finally kept for them (the eval split's SFT rows)."""
     rows = _rows(ctx, "sft", "eval", limit)
     fields = ("prompt", "completion", "editloop_source_key", "editloop_python")
-    return as_text(rows, tokenizer, fields)
+    out = as_text(rows, tokenizer, fields)
+    for text, row in zip(out, rows, strict=True):  # to find the upstream's logged answer to the same prompt
+        text["editloop_generation_ids"] = row["editloop_generation_ids"]
+    return out
 
 
 def _start(ctx: RunContext, config: Any, kind: str) -> tuple[Any, str | None]:
