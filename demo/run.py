@@ -149,6 +149,7 @@ def train_round(
         "gate": promotion.get("gate"),
         "reason": promotion.get("reason"),
         "production": (versions.get("aliases") or {}).get("production"),
+        "canary": (versions.get("aliases") or {}).get("canary"),
     }
 
 
@@ -196,6 +197,36 @@ def plot(report: dict[str, Any], path: Path) -> None:
     right.set_xlabel("round")
     right.set_xticks(xs)
     right.set_title("mean normalized edit distance of kept code")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_targets(report: dict[str, Any], path: Path) -> None:
+    """--upstream: acceptance, latency p50 and cost per accepted generation of each target, per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("acceptance", "acceptance rate"),
+        ("latency_p50_ms", "latency p50 (ms)"),
+        ("cost_per_accepted", "cost per accepted generation"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    targets = sorted({t for r in report["rounds"] for t in r.get("targets", {})}, key=lambda t: (t != "upstream", t))
+    for ax, (field, title) in zip(axes, panels, strict=True):
+        for target in targets:
+            points = [(r["round"], r["targets"][target][field]) for r in report["rounds"] if target in r["targets"]]
+            points = [(x, y) for x, y in points if y is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], "o-", label=target)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.set_xticks([r["round"] for r in report["rounds"]])
+        if field == "cost_per_accepted":
+            ax.set_yscale("log")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -301,10 +332,13 @@ def run_demo(
     _table(report, console)
     if upstream:
         _targets_table(report, console)
+        plot_targets(report, out_dir / "demo-targets.png")
     console.print(f"acceptance rate: {100 * first['acceptance_rate']:.0f}% with the base model, "
                   f"{100 * last['acceptance_rate']:.0f}% after {rounds} rounds "
                   f"({report['acceptance_gain_points']:+.0f} points) in {report['seconds']:.0f} s")  # fmt: skip
     console.print(f"report: {out_dir / 'demo.json'}   plot: {out_dir / 'demo.png'}")
+    if upstream:
+        console.print(f"per target: {out_dir / 'demo-targets.png'}")
     return report
 
 
@@ -321,7 +355,9 @@ def _phase_line(entry: dict[str, Any]) -> str:
 
 def _training_line(training: dict[str, Any]) -> str:
     accuracy = training["reward_accuracy"]
-    if training["promoted"]:
+    if training["promoted"] and training.get("canary"):
+        promoted = f"{training['canary']} entered as the canary against {training['production']}"
+    elif training["promoted"]:
         promoted = f"promoted {training['production']} to production"
     else:
         kept = training["production"] or "the base"
