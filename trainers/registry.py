@@ -217,6 +217,8 @@ def latest(session: Session, project_id: int, kind: str) -> AdapterVersion | Non
 
 def verified_path(version: AdapterVersion) -> Path:
     """The version's directory after checking the manifest's hash and every file's; raises ChecksumMismatch."""
+    if version.kind == UPSTREAM:
+        raise InvalidInput("upstream: the rented model has no adapter directory")
     path = Path(version.uri)
     artifacts.verify(path, version.manifest_sha256)
     return path
