@@ -1,5 +1,6 @@
-"""The gateway: which model a request gets (an alias, a version or the base; `canary` taking its share of
-`production`), the backend that generates it, and the `generation` event that records it.
+"""The gateway: which model a request gets (an alias, a version, the base or the project's upstream; `canary` taking
+its share of `production`), the backend that generates it, and the `generation` event that records it, with its
+tokens, latency and cost.
 
 The alias is resolved on every request, so a promotion is served from the next request on, without a restart; the
 backend loads the new version on first use. The event is stored through the same path as the editors' own events

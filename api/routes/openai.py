@@ -3,7 +3,9 @@
 Any OpenAI client works with `base_url=<editloop>/v1` and an editloop key as its API key. The response `id` is the
 generation_id: the editor posts accepted / rejected / edited events for it to /v1/events. Resolving the model and
 generating run in the threadpool; the generation is recorded through the same group commit as /v1/events, and a
-non-streaming response is sent once that record has committed."""
+non-streaming response is sent once that record has committed. A request for the project's upstream (the rented
+model, serving/upstream.py) is passed on to it instead of a backend and recorded the same way; if the upstream fails
+before its first byte, the project's `upstream.fallback` serves it, when one is named."""
 
 import asyncio
 import functools
