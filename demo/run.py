@@ -333,7 +333,8 @@ def run_demo(
     if upstream:
         _targets_table(report, console)
         plot_targets(report, out_dir / "demo-targets.png")
-    console.print(f"acceptance rate: {100 * first['acceptance_rate']:.0f}% with the base model, "
+    start = "the upstream" if upstream else "the base model"
+    console.print(f"acceptance rate: {100 * first['acceptance_rate']:.0f}% with {start}, "
                   f"{100 * last['acceptance_rate']:.0f}% after {rounds} rounds "
                   f"({report['acceptance_gain_points']:+.0f} points) in {report['seconds']:.0f} s")  # fmt: skip
     console.print(f"report: {out_dir / 'demo.json'}   plot: {out_dir / 'demo.png'}")
@@ -389,7 +390,7 @@ def _table(report: dict[str, Any], console: Console) -> None:
 
 
 def _money(value: float | None) -> str:
-    return f"{value:.4f}" if value is not None else "-"
+    return f"{value:.3g}" if value is not None else "-"
 
 
 def _targets_line(entry: dict[str, Any]) -> str:
