@@ -5,7 +5,7 @@ TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-ts test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-gateway bench-online-rl clean
+.PHONY: install demo serve test test-fast test-ts test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-gateway bench-online-rl bench-deletion bench-console clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: $(STAMP)
 test-ts: $(STAMP)
 	cd clients/typescript && npm ci --no-audit --no-fund && EDITLOOP_PYTHON=$(abspath $(BIN))/python npm test
 
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not ml"
+
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
@@ -38,12 +41,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 
 bench-pairs: $(STAMP)
 	$(BIN)/python benchmarks/pairs.py
+
+bench-console: $(STAMP)
+	$(BIN)/python benchmarks/console.py
 
 bench-dpo: $(STAMP)
 	$(BIN)/python benchmarks/dpo.py
@@ -56,6 +63,9 @@ bench-gateway: $(STAMP)
 
 bench-online-rl: $(STAMP)
 	$(BIN)/python benchmarks/online_rl.py
+
+bench-deletion: $(STAMP)
+	$(BIN)/python benchmarks/deletion.py
 
 clean:
 	rm -rf $(VENV) .editloop .pytest_cache

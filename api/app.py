@@ -6,15 +6,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request, Response
 from sqlalchemy import text
 
-from api import edge, errors
+from api import edge, errors, metrics
+from api.console.pages import install as install_console
+from api.console.pages import router as console_router
+from api.console.static import mount as mount_console_static
 from api.deps import KeyCache, SessionDep
 from api.fold_worker import FoldWorker
 from api.group_commit import GroupCommitter
-from api.routes import adapters, datasets, events, generations, integrations, openai, project, runs
+from api.observe import observe
+from api.routes import adapters, consent, datasets, deletions, events, generations, integrations, openai, project, runs
+from api.routes import audit as audit_routes
 from core.db import get_sessionmaker
+from core.errors import PermissionDenied
 from core.queue import configure as configure_queue
 from core.settings import Settings, get_settings
 
@@ -25,6 +31,9 @@ class Collector(FastAPI):
     requests."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await observe(self._dispatch, scope, receive, send)  # request id, latency histogram, access log
+
+    async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
         if events.is_ingest(scope) and await events.ingest_directly(self, scope, receive, send):
             return
         await super().__call__(scope, receive, send)
@@ -79,6 +88,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(adapters.router)
     app.include_router(project.router)
     app.include_router(openai.router)
+    app.include_router(deletions.router)
+    app.include_router(consent.router)
+    app.include_router(audit_routes.router)
+    app.include_router(console_router)
+    install_console(app)
+    mount_console_static(app)
+    app.state.metrics_registry = metrics.registry(app.state.sessions)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        client = request.client.host if request.client else None
+        if not metrics.allowed(settings.metrics_token, request.headers.get("authorization"), client):
+            raise PermissionDenied(
+                "metrics: send `Authorization: Bearer <EDITLOOP_METRICS_TOKEN>` (or scrape from loopback)"
+            )
+        body, content_type = metrics.exposition(app.state.metrics_registry)
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from api.cli_common import console, err, fail, project_scope, ready_schema
+from api.cli_common import audited, console, err, fail, project_scope, ready_schema
+from api.cli_data import audit_command, consent_app, data_app
 from api.cli_datasets import datasets_app
 from api.cli_training import adapters_app, model_app, runs_app, train
 from core import migrate
@@ -32,6 +33,9 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(model_app, name="model")
 app.command("train")(train)
+app.add_typer(data_app, name="data")
+app.add_typer(consent_app, name="consent")
+app.command("audit")(audit_command)
 
 
 @db_app.command("upgrade")
@@ -115,11 +119,13 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker on EDITLOOP_BROKER_URL (default: a SQLite-backed queue in the data dir)."""
+    from core import logs
     from core.queue import configure
 
     settings = get_settings()
     ready_schema(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    logs.setup(settings.log_format, loglevel.upper())
     argv = ["worker", "-Q", queues, "--concurrency", str(concurrency), "--loglevel", loglevel]
     argv += ["--pool", "solo" if concurrency == 1 else "prefork"]
     if beat:
@@ -178,6 +184,7 @@ def projects_exclude(
     """Set the file path globs whose code is never stored (events keep their outcome)."""
     with project_scope(name) as (session, project):
         set_excluded(session, project, globs)
+        audited(session, project.id, "settings.change", f"project:{name}", changes={"excluded_paths": globs})
     console.print(f"project {name} excludes: {' '.join(globs)}")
 
 
@@ -199,7 +206,7 @@ def projects_set(
     from pydantic import ValidationError
 
     sections = _setting_sections()
-    with project_scope(name) as (_, project):
+    with project_scope(name) as (session, project):
         current = {section: dict((project.settings or {}).get(section, {})) for section in sections}
         for item in assignments:
             key, sep, raw = item.partition("=")
@@ -223,6 +230,7 @@ def projects_set(
                 raise fail(f"{section}.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
         stored = {s: values for s, values in current.items() if values or s in (project.settings or {})}
         project.settings = {**(project.settings or {}), **stored}
+        audited(session, project.id, "settings.change", f"project:{name}", changes=assignments)
     changed = [f"{s}.{k}={v!r}" for s in sections for k, v in current[s].items()]
     console.print(f"project {name}: " + (", ".join(changed) or "all defaults"))
 
@@ -257,6 +265,7 @@ def keys_create(
     """Create an API key; it is printed once and only its hash is stored."""
     with project_scope(project) as (session, found):
         key, plain = create_key(session, found, role)
+        audited(session, found.id, "key.create", f"key:{key.id}", role=role.value)
     err.print(f"key {key.id} ({role.value}) for project {project}; store it now, it is not shown again:")
     print(plain)
 
@@ -285,6 +294,7 @@ def keys_revoke(
     """Revoke a key. Running servers stop accepting it within EDITLOOP_AUTH_CACHE_TTL_S seconds."""
     with project_scope(project) as (session, found):
         revoke_key(session, found, key_id)
+        audited(session, found.id, "key.revoke", f"key:{key_id}")
     console.print(f"revoked key {key_id}")
 
 

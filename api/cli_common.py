@@ -1,13 +1,15 @@
 """What every CLI module shares: the consoles, the error exit, and the schema check."""
 
+import getpass
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from core import migrate
+from core import audit, migrate
 from core.db import session_scope
 from core.errors import EditloopError
 from core.projects import Project, get_project
@@ -44,3 +46,15 @@ def project_scope(name: str) -> Iterator[tuple[Session, Project]]:
             yield session, get_project(session, name)
     except EditloopError as exc:
         raise fail(exc.detail) from None
+
+
+def cli_actor() -> str:
+    """Who runs a command, for the audit log: the operating system's user (the CLI holds no key)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def audited(session: Session, project_id: int | None, action: str, target: str | None = None, **details: Any) -> None:
+    audit.record(session, project_id, action, actor=cli_actor(), address="local", target=target, **details)

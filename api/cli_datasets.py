@@ -7,11 +7,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from api.cli_common import console, fail, ready_schema
+from api.cli_common import audited, cli_actor, console, fail, ready_schema
 from core.db import session_scope
 from core.errors import EditloopError
 from core.projects import get_project
 from core.settings import get_settings
+from feedback.deletion import record_export
 from feedback.models import DatasetBuild
 from feedback.rows import build_rows
 from feedback.snapshots import cut_snapshot, export_snapshot, list_snapshots, snapshot_detail
@@ -122,7 +123,11 @@ def datasets_export(
     ready_schema(settings)
     try:
         with session_scope(settings.sqlalchemy_url) as session:
-            paths = export_snapshot(session, get_project(session, project).id, snapshot, out, fmt.value)
+            project_id = get_project(session, project).id
+            paths = export_snapshot(session, project_id, snapshot, out, fmt.value)
+            # Recorded so that a deletion can write these files again without the rows it removes.
+            record_export(session, project_id, snapshot, out, fmt.value, cli_actor())
+            audited(session, project_id, "dataset.export", f"snapshot:{snapshot}", format=fmt.value, path=str(out))
     except EditloopError as exc:
         raise fail(exc.detail) from None
     for path in paths:

@@ -9,13 +9,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
-from api.cli_common import console, err, fail, project_scope
+from api.cli_common import audited, console, err, fail, project_scope
 from core.db import session_scope
 from core.errors import EditloopError
 from core.settings import get_settings
-from trainers import registry, runs
+from trainers import gate, registry, rights, runs
 from trainers.config import RUN_CONFIGS, parse_assignments
 from trainers.models import TrainingRun
 
@@ -197,8 +197,11 @@ def runs_cancel(run_id: Annotated[int, typer.Argument(help="Run id.")], project:
 @adapters_app.command("list")
 def adapters_list(project: ProjectOpt) -> None:
     """Versions, newest first, with their aliases and headline metrics."""
-    table = Table("version", "kind", "method", "aliases", "snapshot", "edit distance", "parse rate", "accuracy")
+    table = Table(
+        "version", "kind", "method", "aliases", "snapshot", "edit distance", "parse rate", "accuracy", "deleted data"
+    )
     with project_scope(project) as (session, found):
+        flags = rights.flags_of(session, found.id)
         by_version: dict[int, list[str]] = {}
         for alias, version_id in registry.aliases(session, found.id).items():
             by_version.setdefault(version_id, []).append(alias)
@@ -216,6 +219,7 @@ def adapters_list(project: ProjectOpt) -> None:
                 f"{replay['mean']:.3f}" if replay.get("mean") is not None else "-",
                 f"{parse['rate']:.3f}" if parse.get("rate") is not None else "-",
                 f"{acc:.3f}" if acc is not None else "-",
+                ",".join(f"deletion {f.deletion_id}" for f in flags.get(v.id, [])) or "-",
             )
     console.print(table)
 
@@ -240,7 +244,31 @@ def adapters_promote(
     with project_scope(project) as (session, found):
         event = registry.promote(session, found.id, ref, alias=alias, actor=ME, reason=reason, force=force)
         reasons = "; ".join(event.gate.get("reasons", []))
+        audited(session, found.id, "adapter.promote", f"adapter:{ref}", alias=alias, forced=event.forced)
+        summary = gate.summary(event.gate)
     console.print(f"{alias} -> {ref}" + (" (forced)" if force else "") + (f": {reasons}" if reasons else ""))
+    if summary:
+        console.print(summary)
+
+
+@adapters_app.command("evaluate")
+def adapters_evaluate(
+    ref: Annotated[str, typer.Argument(help="Version name (v3).")],
+    project: ProjectOpt,
+) -> None:
+    """Evaluate a version again, against the current production and the base, on its own eval examples (what the
+    promotion gate asks for when production has moved since the version was trained). Needs the ML stack."""
+    from trainers.reevaluate import evaluate_version
+
+    with project_scope(project) as (_, found):
+        project_id = found.id
+    try:
+        with console.status(f"evaluating {ref} (greedy generations for its eval examples)"):
+            result = evaluate_version(get_settings().sqlalchemy_url, project_id, ref, ME)
+    except EditloopError as exc:
+        raise fail(exc.detail) from None
+    against = f"{result['production']} and the base" if result["production"] else "the base"
+    console.print(f"{result['version']}: evaluated against {against} on {result['examples']} eval examples")
 
 
 @adapters_app.command("rollback")
@@ -256,13 +284,26 @@ def adapters_rollback(
         version = registry.get_version(session, found.id, alias)
         name = version.name
         assert event is not None
+        audited(session, found.id, "adapter.rollback", f"adapter:{name}", alias=alias)
     console.print(f"{alias} -> {name} (rolled back)")
 
 
 @adapters_app.command("history")
 def adapters_history(project: ProjectOpt, alias: Annotated[str | None, typer.Option()] = None) -> None:
-    """Every promotion and rollback."""
-    table = Table("when", "alias", "action", "version", "from", "who", "forced", "reason")
+    """Every promotion and rollback, with the gate's verdict: the examples it compared on (snapshot, split, n) and
+    the paired differences, with their intervals, against the base and production."""
+    # Reasons and verdicts are the point of this table: they wrap rather than being cut to fit the terminal.
+    table = Table(
+        "when",
+        "alias",
+        "action",
+        "version",
+        "from",
+        "who",
+        "forced",
+        Column("reason", overflow="fold"),
+        Column("gate", overflow="fold", min_width=30),
+    )
     with project_scope(project) as (session, found):
         from trainers.models import AdapterVersion
 
@@ -280,8 +321,27 @@ def adapters_history(project: ProjectOpt, alias: Annotated[str | None, typer.Opt
                 e.actor,
                 "yes" if e.forced else "",
                 e.reason or "",
+                _gate_cell(e.gate or {}),
             )
     console.print(table)
+
+
+def _gate_cell(verdict: dict[str, Any]) -> str:
+    lines = []
+    live = (verdict.get("live") or {}).get("tests", {}).get("acceptance_rate")
+    if live and live.get("low") is not None:
+        lines.append(
+            f"live: acceptance {live['difference']:+.3f} [{live['low']:+.3f}, {live['high']:+.3f}], n={live['n']},"
+            f" {live['verdict']}"
+        )
+    if "passed" not in verdict:
+        return "\n".join(lines)
+    lines.append(("passed" if verdict["passed"] else "refused") + ": " + "; ".join(verdict.get("reasons", [])))
+    examples = verdict.get("examples")
+    if examples:
+        lines.append(f"examples: snapshot {examples['snapshot_id']}, {examples['split']} split, n={examples['n']}")
+    summary = gate.summary(verdict)
+    return "\n".join([*lines, summary] if summary else lines)
 
 
 @adapters_app.command("download")
@@ -297,6 +357,9 @@ def adapters_download(
             target = registry.copy_out(version, out)
         except registry.artifacts.ChecksumMismatch as exc:
             raise fail(f"{version.name} failed its checksum check: {exc}") from None
+        audited(
+            session, found.id, "adapter.download", f"adapter:{version.name}", manifest_sha256=version.manifest_sha256
+        )
     console.print(f"{version.name} -> {target}")
 
 

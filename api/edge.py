@@ -8,6 +8,7 @@ route gets it; the JSON bodies that routes read themselves go through `api.body.
 
 import types
 import typing
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,8 @@ from fastapi.routing import APIRoute
 
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 _NUL = "\x00"
-_DECLARED: dict[int, list[tuple[str, str, bool]]] = {}  # id(route) -> its parameters, found once per route
+# Each route's parameters, found once per route (weakly held: apps made in tests come and go).
+_DECLARED: "weakref.WeakKeyDictionary[APIRoute, list[tuple[str, str, bool]]]" = weakref.WeakKeyDictionary()
 
 
 async def check_request(request: Request) -> None:
@@ -26,9 +28,9 @@ async def check_request(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    parameters = _DECLARED.get(id(route))
+    parameters = _DECLARED.get(route)
     if parameters is None:
-        parameters = _DECLARED[id(route)] = _parameters(route.dependant)
+        parameters = _DECLARED[route] = _parameters(route.dependant)
     problem = _parameter_problem(request, parameters)
     if problem is None and route.body_field is not None and _json_body(request):
         # FastAPI parsed the body before solving dependencies; Starlette keeps the result on the request.
@@ -39,7 +41,7 @@ async def check_request(request: Request) -> None:
 
 
 def json_problem(value: Any, where: str = "body") -> str | None:
-    """The first place in a parsed JSON value that Postgres cannot store, as `where.path: why`, or None."""
+    """A place in a parsed JSON value that Postgres cannot store, as `where.path: why`, or None."""
     stack: list[tuple[str, Any]] = [(where, value)]
     while stack:
         path, item = stack.pop()

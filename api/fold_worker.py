@@ -8,10 +8,12 @@ processes fold side by side: each takes rows that no one else holds."""
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api import metrics
 from api.group_commit import TRANSIENT_RETRY
 from feedback import fold
 
@@ -25,6 +27,7 @@ class FoldWorker:
         self._task: asyncio.Task[None] | None = None
         self.folded = 0  # generations written since start
         self._postgres: bool | None = None  # known at the first drain
+        self._requests: set[str] = set()  # ids of the requests whose commits poked the folder since its last drain
 
     async def __aenter__(self) -> "FoldWorker":
         self._task = asyncio.create_task(self._loop())
@@ -41,7 +44,10 @@ class FoldWorker:
         except Exception:
             log.warning("folding at shutdown failed; the queue keeps the rows", exc_info=True)
 
-    def poke(self) -> None:
+    def poke(self, request_ids: Iterable[str] = ()) -> None:
+        """Fold soon; `request_ids` (of the ingest requests just committed) go on the fold's log line."""
+        if len(self._requests) < 100:
+            self._requests.update(request_ids)
         self._wake.set()
 
     async def _loop(self) -> None:
@@ -67,4 +73,9 @@ class FoldWorker:
             with self.sessions() as session:
                 self._postgres = session.get_bind().dialect.name == "postgresql"
         if self._postgres:
-            self.folded += TRANSIENT_RETRY(fold.drain, self.sessions, self.batch_rows)
+            requests, self._requests = sorted(self._requests), set()
+            folded = TRANSIENT_RETRY(fold.drain, self.sessions, self.batch_rows)
+            self.folded += folded
+            if folded:
+                metrics.FOLDED.inc(folded)
+                log.info("folded %d generations", folded, extra={"generations": folded, "request_ids": requests})

@@ -16,13 +16,15 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from api import metrics
+from core import logs
 from core.projects import Principal
 from core.settings import Settings
 from feedback import fold, service
@@ -54,6 +56,7 @@ class _Submission:
     batch: service.Batch
     queued_at: float
     answer: "asyncio.Future[IngestResult]"
+    request_id: str | None = field(default_factory=logs.request_id.get)  # made in the request's context
 
 
 class GroupCommitter:
@@ -67,11 +70,12 @@ class GroupCommitter:
         max_queued: int,
         writers: int = 1,
         settings: Settings | None = None,
-        after_commit: Callable[[], None] | None = None,
+        after_commit: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.sessions, self.max_events, self.max_wait_s, self.writers = sessions, max_events, max_wait_s, writers
         self.settings = settings or Settings()
-        self.after_commit = after_commit  # called in the event loop after each transaction that stored something
+        self.after_commit = after_commit  # called in the event loop after each transaction that stored something,
+        # with the ids of the requests it stored
         self._slots = asyncio.Semaphore(max_queued)  # back-pressure: beyond this, requests wait to get in line
         self._queue: deque[_Submission | None] = deque()  # None: a writer stops there
         self._wake = asyncio.Event()  # set when a request arrives or a group has been written
@@ -111,7 +115,7 @@ class GroupCommitter:
             async with self._slots:
                 if not self._writers:  # grouping is off, or the app is stopping
                     outcome = (await run_in_threadpool(self._write, [submission]))[0]
-                    self._committed([outcome])
+                    self._committed([outcome], [submission])
                     if isinstance(outcome, Exception):
                         raise outcome
                     return outcome
@@ -129,6 +133,7 @@ class GroupCommitter:
             if not group:
                 continue
             size = sum(len(s.batch.events) for s in group)
+            metrics.GROUP_COMMIT.observe(size)
             self._in_flight.append(size)
             try:
                 outcomes = await asyncio.get_running_loop().run_in_executor(self._threads, self._write, group)
@@ -139,7 +144,7 @@ class GroupCommitter:
             finally:
                 self._in_flight.remove(size)
                 self._wake.set()
-            self._committed(outcomes)
+            self._committed(outcomes, group)
             for submission, outcome in zip(group, outcomes, strict=True):
                 if submission.answer.done():  # its request went away; its events are stored all the same
                     continue
@@ -148,9 +153,9 @@ class GroupCommitter:
                 else:
                     submission.answer.set_result(outcome)
 
-    def _committed(self, outcomes: list[IngestResult | Exception]) -> None:
+    def _committed(self, outcomes: list[IngestResult | Exception], group: list[_Submission]) -> None:
         if self.after_commit is not None and any(isinstance(o, IngestResult) and o.stored for o in outcomes):
-            self.after_commit()
+            self.after_commit([s.request_id for s in group if s.request_id])
 
     async def _collect(self) -> tuple[list[_Submission], bool]:
         """The next group (see the module's docstring); the second value says the app is stopping after it."""
@@ -223,4 +228,5 @@ class GroupCommitter:
                 if e.event_id in stored[project_id] and owner[project_id, e.event_id] is submission
             }
             results.append(service.tally(submission.batch, mine, secrets[project_id]))
+            metrics.ingested((e.type, "stored" if e.event_id in mine else "duplicate") for e in submission.batch.events)
         return results

@@ -9,17 +9,42 @@ uvicorn's own mode is used.
 The parent only supervises: a worker that dies is started again (a SIGKILLed worker loses nothing acknowledged:
 ingest answers after its commit), and SIGINT or SIGTERM stops them all (each finishes its requests and folds)."""
 
+import atexit
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
 
-APP = "api.app:create_app"
-UVICORN = {"factory": True, "log_level": "info", "access_log": False}
+from core import logs
+
+APP = "api.serve:create_logged_app"
+# uvicorn's access log stays off: api/observe.py writes one line per request, with its id, route and key hint.
+UVICORN = {"factory": True, "log_level": "info", "access_log": False, "log_config": logs.log_config()}
+
+
+def create_logged_app() -> Any:
+    """The app, in a process whose logs go out as `EDITLOOP_LOG_FORMAT` says (JSON lines by default)."""
+    from api.app import create_app
+    from core.settings import get_settings
+
+    settings = get_settings()
+    logs.setup(settings.log_format)
+    return create_app(settings)
+
+
+def _multiprocess_metrics(workers: int) -> None:
+    """Several processes: prometheus-client keeps each one's metrics in files of a directory they share, and
+    /metrics adds them up. Set before a worker imports it; removed with the parent."""
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        path = tempfile.mkdtemp(prefix="editloop-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        atexit.register(shutil.rmtree, path, True)
 
 
 def reuseport_supported() -> bool:
@@ -64,6 +89,7 @@ def run(host: str, port: int, workers: int) -> None:
     """Serve with `workers` processes until SIGINT or SIGTERM."""
     import uvicorn
 
+    _multiprocess_metrics(workers)
     if workers <= 1 or not reuseport_supported():
         uvicorn.run(APP, host=host, port=port, workers=workers, **UVICORN)  # type: ignore[arg-type]
         return

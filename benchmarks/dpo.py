@@ -443,19 +443,19 @@ def verdict(ours: dict[str, Any], trl: dict[str, Any], device: str) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=(
-            "Our DPO path (trainers.methods.dpo.train: on the CPU fp32, the frozen base in bf16 where the CPU has "
-            "native bf16, oneDNN's primitive cache capped at 8; no activation checkpointing, precomputed "
-            "reference log-probs, length-grouped micro-batches, ...) against TRL's DPOTrainer with its default "
-            "settings, on the same model, preference pairs, LoRA config (r=16, all-linear), learning rate, batch "
-            "size, steps and seed. Each run is a subprocess of its own; the two alternate when repeated. Figures: "
-            "pairs/s over trainer setup + training (the headline: setup includes tokenization and the reference "
-            "precompute) and over the training loop alone; peak RSS (ru_maxrss), RSS after imports + model load and "
-            "the increase during training (on CUDA: torch.cuda.max_memory_allocated, and MFU from 6 * params * real "
-            "tokens); held-out implicit-reward accuracy and margin (trainers.metrics.implicit_reward_accuracy) and"
-            " the rate at which greedy completions follow the rule (demo.style.follows). The model is a randomly"
-            " initialised Llama with a BPE tokenizer trained on the synthetic corpus (or --model PATH), so rule rates"
-            " mostly say 'cannot tell': compare the reward figures. Target: ours >= 1.5x pairs/s at <= 0.6x peak "
-            "memory with equal metrics."
+            "Our DPO path (trainers.methods.dpo.train: on the CPU fp32 with the speedups of trainers/cpu, the frozen "
+            "base in bf16 where the CPU has native bf16, oneDNN's primitive cache capped at 8; no activation "
+            "checkpointing, precomputed reference log-probs, length-grouped micro-batches, ...) against TRL's "
+            "DPOTrainer with its default settings, on the same model, preference pairs, LoRA config (r=16, "
+            "all-linear), learning rate, batch size, steps and seed. Each run is a subprocess of its own; the two "
+            "alternate when repeated. Figures: pairs/s over trainer setup + training (the headline: setup includes "
+            "tokenization and the reference precompute) and over the training loop alone; peak RSS (ru_maxrss), RSS "
+            "after imports + model load and the increase during training (on CUDA: torch.cuda.max_memory_allocated, "
+            "and MFU from 6 * params * real tokens); held-out implicit-reward accuracy and margin "
+            "(trainers.metrics.implicit_reward_accuracy) and the rate at which greedy completions follow the rule "
+            "(demo.style.follows). The model is a randomly initialised Llama with a BPE tokenizer trained on the "
+            "synthetic corpus (or --model PATH), so rule rates mostly say 'cannot tell': compare the reward figures. "
+            "Target: ours >= 1.5x pairs/s at <= 0.6x peak memory with equal metrics."
         )
     )
     p.add_argument(
@@ -490,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a DPORunConfig field of our side (repeatable), e.g. --set micro_batch_size=8",
+        help="override a DPORunConfig field of our side (repeatable), e.g. --set micro_batch_size=8, --set "
+        "cpu_bf16_base=off (fp32 base), --set cpu_speedups=false (TRL's DPOTrainer as it is)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all)")

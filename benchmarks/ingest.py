@@ -788,7 +788,7 @@ def finish_py_spy(proc: Any, out: Path) -> dict[str, Any]:
 
 # Where a sample's time goes: the first rule (in this order) that matches any frame of its stack.
 PROFILE_RULES = [
-    ("scrub_text (feedback/scrub.py)", ("feedback/scrub.py",)),
+    ("scrub_text (feedback/scrub/)", ("feedback/scrub/",)),
     ("join merge/derive (feedback/join.py)", ("feedback/join.py",)),
     ("validation (parse_event, pydantic)", ("parse_event (",)),
     ("payload model_dump", ("model_dump",)),

@@ -9,9 +9,10 @@ from celery import Celery
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from core import logs
 from core.settings import Settings, get_settings
 
-TASK_MODULES = ["feedback.tasks", "trainers.tasks"]
+TASK_MODULES = ["feedback.tasks", "trainers.tasks", "trainers.rights_tasks"]
 celery_app = Celery("editloop")
 
 
@@ -43,11 +44,13 @@ def configure(settings: Settings | None = None) -> Celery:
         ),
         beat_schedule={
             "refresh-projects": {"task": "trainers.schedule_tick", "schedule": settings.refresh_interval_s},
+            "data-rights": {"task": "rights.tick", "schedule": settings.refresh_interval_s},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=False,
     )
     celery_app.conf.imports = TASK_MODULES
+    logs.connect_celery()  # the request id travels with the messages a request sends
     return celery_app
 
 

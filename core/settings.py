@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         600, gt=0, description="A running training run silent this long is taken for dead (its worker was killed)."
     )
     run_max_attempts: int = Field(2, ge=1, description="Times a run is started before a dead worker fails it.")
+    deletion_step_pause_ms: float = Field(
+        0.0,
+        ge=0,
+        description="A deletion's worker rests this long between its short transactions, leaving the database and the"
+        " CPU to ingest (benchmarks/deletion.py).",
+    )
 
     auth_cache_ttl_s: float = Field(30.0, ge=0, description="How long a verified API key is cached in-process.")
     db_pool_size: int = Field(10, gt=0, description="Connections per process (Postgres).")
@@ -132,6 +138,13 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Longest wait before a retry (an upstream's Retry-After above it is not retried)."
     )
     upstream_max_connections: int = Field(100, ge=1, description="Connections per process to all upstreams.")
+    metrics_token: str | None = Field(
+        None, description="Bearer token that GET /metrics requires; unset: /metrics answers loopback callers only."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line; text: for humans.")
+    console_secure_cookie: bool = Field(
+        False, description="Mark the console's session cookie Secure (set it when the console is served over HTTPS)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

@@ -42,6 +42,7 @@ from demo.upstream import (
     start_on_upstream,
     upstream_settings,
 )
+from trainers.gate import summary as gate_summary
 
 # The loop the demo runs after each round: the scheduled pipeline's config, sized for a 2-core machine. The reward
 # model gets more passes than its default (the demo's snapshots are small); the policy is DPO + SFT on the edits.
@@ -147,6 +148,7 @@ def train_round(
         "edit_replay": {k: v.get("mean") for k, v in (policy_eval.get("edit_replay") or {}).items()},
         "promoted": bool(promotion.get("promoted")),
         "gate": promotion.get("gate"),
+        "verdict": gate_summary(promotion.get("gate") or {}),
         "reason": promotion.get("reason"),
         "production": (versions.get("aliases") or {}).get("production"),
         "canary": (versions.get("aliases") or {}).get("canary"),
@@ -364,9 +366,10 @@ def _training_line(training: dict[str, Any]) -> str:
         kept = training["production"] or "the base"
         promoted = f"not promoted ({training.get('reason') or 'no reason recorded'}); the editors stay on {kept}"
     shown = f"{accuracy:.2f}" if accuracy is not None else "-"
+    verdict = "".join(f"\n    {line}" for line in (training.get("verdict") or "").splitlines())
     return (
         f"  trained in {training['seconds']:.0f} s on snapshot {training['snapshot_id']}: reward model accuracy "
-        f"{shown}, {promoted}"
+        f"{shown}, {promoted}{verdict}"
     )
 
 

@@ -35,3 +35,6 @@ class DatasetConfig(BaseModel):
         None, gt=0, description="Also start one on this timetable (if any row is new). Unset: only by row count."
     )
     retrain_enabled: bool = Field(True, description="Let the schedule start retraining runs for this project.")
+    retention_days: float | None = Field(
+        None, gt=0, description="The schedule deletes generations older than this (unset: kept), as a deletion does."
+    )

@@ -161,6 +161,12 @@ def fold(session: Session, claims: Claims) -> int:
     return written
 
 
+def lock(session: Session, ids: dict[int, list[str]]) -> None:
+    """Take the bucket locks that a fold of these generations takes (Postgres), for work that must not interleave
+    with their fold (a deletion)."""
+    pg_fetch(session, _LOCK, {"space": _LOCK_SPACE, "buckets": lock_buckets(ids)}, rows=False)
+
+
 def lock_buckets(ids: dict[int, list[str]]) -> list[int]:
     """The sorted buckets a fold of these generations locks: one per distinct crc32(project:generation) modulo
     LOCK_BUCKETS, the same in every process."""

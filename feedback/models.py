@@ -1,12 +1,13 @@
 """The raw event log and the per-generation join that the loop learns from."""
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -71,6 +73,10 @@ class Generation(Base):
         Index("ix_generations_project_outcome", "project_id", "outcome"),
         Index("ix_generations_project_updated", "project_id", "updated_at"),
         Index("ix_generations_project_prompt", "project_id", "prompt_hash"),
+        # The console: generations per day (feedback/daily.py), and its list filtered by version or user, newest first.
+        Index("ix_generations_project_shown", "project_id", "shown_at"),
+        Index("ix_generations_project_model_id", "project_id", "model", "id"),
+        Index("ix_generations_project_user_id", "project_id", "user", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -180,6 +186,10 @@ class DatasetSnapshot(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(Json)  # {kind: {train: n, eval: n}}
     row_count: Mapped[int] = mapped_column(Integer)
     build_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("dataset_builds.id", ondelete="SET NULL"))
+    # A deletion request may take rows out (the law wins over immutability): the hash the snapshot was cut with stays
+    # here for lineage, `sha256` describes what remains, and `redactions` lists each request that took rows.
+    original_sha256: Mapped[str | None] = mapped_column(String(64))
+    redactions: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list, server_default=text("'[]'"))
 
 
 class SnapshotRow(Base):
@@ -202,3 +212,28 @@ class SnapshotRow(Base):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     generation_ids: Mapped[list[str]] = mapped_column(Json)
     event_ids: Mapped[list[str]] = mapped_column(Json)
+
+
+class GenerationDay(Base):
+    """Generations per (day shown, version, outcome), with the sums behind the mean edit distance and its interval:
+    what the console charts, kept so that it never aggregates millions of rows per view (feedback/daily.py)."""
+
+    __tablename__ = "generation_days"
+
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)  # '' for generations without one
+    outcome: Mapped[str] = mapped_column(String(16), primary_key=True)
+    generations: Mapped[int] = mapped_column(Integer)
+    distance_n: Mapped[int] = mapped_column(Integer)
+    distance_sum: Mapped[float] = mapped_column(Float)
+    distance_sumsq: Mapped[float] = mapped_column(Float)
+
+
+class GenerationDayMark(Base):
+    """Up to when each project's `generation_days` have been refreshed (a generation changed later is recounted)."""
+
+    __tablename__ = "generation_day_marks"
+
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime)

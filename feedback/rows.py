@@ -43,7 +43,7 @@ from sqlalchemy.sql.schema import Table
 from core.db import utcnow
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
-from feedback import derivation, texts
+from feedback import consent, derivation, texts
 from feedback.bulk import BulkWriter, pg_fetch
 from feedback.config import DatasetConfig
 from feedback.derivation import CODE_FIELDS, GATES, KINDS, Gen
@@ -279,6 +279,7 @@ class _Build:
     def __init__(self, session: Session, project_id: int, config: DatasetConfig, built_at: datetime, pg: bool):
         self.session, self.project_id, self.config, self.built_at, self.pg = session, project_id, config, built_at, pg
         self.derivation = derivation.version(config)
+        self.opted_out = consent.opted_out_users(session, project_id)  # the consent rule (feedback/consent.py)
         self.gates: Counter[str] = Counter()
         self.rows: Counter[str] = Counter()
         self.added: Counter[str] = Counter()
@@ -432,6 +433,10 @@ class _Build:
         clock = time.perf_counter()
         gens = list(page.gens.values() if gens is None else gens)
         self.derived += len(gens)
+        if self.opted_out:  # an opted-out user's generations count as excluded: the rules stay pure
+            gens = [
+                g._replace(excluded=True) if consent.withholds(self.opted_out, g.user, g.shown_at) else g for g in gens
+            ]
         derived = derivation.derive(gens, self.config)
         self.gates.update(derived.gates)
         for row in derived.rows:

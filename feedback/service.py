@@ -16,7 +16,7 @@ from core.db import utcnow
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
 from core.settings import Settings
-from feedback import fold, texts
+from feedback import consent, fold, texts
 from feedback.bulk import BulkWriter, dbapi_sql, pg_fetch
 from feedback.join import FEEDBACK_CODE, GENERATION_CODE
 from feedback.models import FeedbackEvent, Generation
@@ -197,8 +197,10 @@ def store(
     # all the same: the fold redacts feedback code of excluded generations.)
     newly_excluded: set[str] = set()
     excluded: set[str] = set()
-    if globs:
-        newly_excluded = {
+    # Opted-out users and repositories are stored as an excluded path is: outcome, no code (feedback/consent.py).
+    withheld = consent.withheld(session, project_id, consent.subjects(events))
+    if globs or withheld:
+        newly_excluded = withheld | {
             e.generation_id for e in events if isinstance(e, GenerationEvent) and is_excluded(e.file_path, globs)
         }
         with_code = {
@@ -296,20 +298,30 @@ def list_generations(
     since: datetime | None = None,
     cursor: str | None = None,
     limit: int = 100,
+    user: str | None = None,
+    before: datetime | None = None,
+    newest_first: bool = False,
 ) -> GenerationPage:
-    """Generations in the order they were first seen, filtered; `since` keeps those changed at or after it. What is
-    still queued for the project is folded first (the caller commits it)."""
+    """Generations in the order they were first seen (or the reverse), filtered; `since` and `before` keep those
+    changed at or after, and before, a time. What is still queued for the project is folded first (the caller
+    commits it)."""
     fold.settle(session, project_id)
     query = texts.select_with_code(_GEN).where(_GEN.c.project_id == project_id)
     if outcome is not None:
         query = query.where(_GEN.c.outcome == outcome)
     if model is not None:
         query = query.where(_GEN.c.model == model)
+    if user is not None:
+        query = query.where(_GEN.c.user == user)
     if since is not None:
         query = query.where(_GEN.c.updated_at >= since)
+    if before is not None:
+        query = query.where(_GEN.c.updated_at < before)
     if cursor is not None:
-        query = query.where(_GEN.c.id > _decode_cursor(cursor))
-    rows = session.execute(query.order_by(_GEN.c.id).limit(limit + 1)).mappings().all()
+        pk = _decode_cursor(cursor)
+        query = query.where(_GEN.c.id < pk if newest_first else _GEN.c.id > pk)
+    order = _GEN.c.id.desc() if newest_first else _GEN.c.id
+    rows = session.execute(query.order_by(order).limit(limit + 1)).mappings().all()
     more = len(rows) > limit
     rows = rows[:limit]
     return GenerationPage(items=[_out(r) for r in rows], next_cursor=_encode_cursor(rows[-1]["id"]) if more else None)

@@ -29,6 +29,12 @@ class SnapshotOut(BaseModel):
     counts: dict[str, dict[str, int]] = Field(description="Rows per kind and split: {kind: {train: n, eval: n}}.")
     row_count: int
     build_id: int | None
+    original_sha256: str | None = Field(
+        None, description="The hash it was cut with, if a deletion request has since taken rows out of it."
+    )
+    redactions: list[dict[str, Any]] = Field(
+        [], description="Each deletion request that took rows out: its id, rows removed, hashes before and after."
+    )
 
 
 class SnapshotDetail(SnapshotOut):

@@ -177,6 +177,11 @@ def _digest(session: Session, snapshot_id: int) -> tuple[str, dict[str, dict[str
     return digest.hexdigest(), counts, total
 
 
+def redigest(session: Session, snapshot_id: int) -> tuple[str, dict[str, dict[str, int]], int]:
+    """The hash, counts and row count of what a snapshot holds now (after a deletion took rows out of it)."""
+    return _digest(session, snapshot_id)
+
+
 _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
 
 

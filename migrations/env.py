@@ -3,8 +3,10 @@
 from alembic import context
 from sqlalchemy import pool
 
+import core.audit  # noqa: F401
 import core.projects  # noqa: F401  (registers the models on Base.metadata)
 import feedback.models  # noqa: F401
+import feedback.rights_models  # noqa: F401
 import trainers.models  # noqa: F401
 from core.db import Base, UTCDateTime, get_engine
 from core.settings import get_settings

@@ -13,10 +13,10 @@ ONEDNN_CACHE_VAR = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 def offline_env() -> None:
     """The process environment of training and scoring. They never reach the network at run time: models come from
-    paths (or the user's HF cache). oneDNN, which runs the CPU's bf16 matmuls (trainers/methods/dpo.py), keeps 8
-    primitives instead of 1,024: it makes one per matmul shape, and sequence lengths vary, so the default cache grew
-    resident memory by ~250 MB in a 40-step DPO run on a 26M model, and 8 measured no slower. oneDNN reads the
-    variable once, at its first primitive: so this runs before any model does."""
+    paths (or the user's HF cache). oneDNN, which runs the CPU's bf16 matmuls (trainers/cpu), keeps 8 primitives
+    instead of 1,024: it makes one per matmul shape, and sequence lengths vary, so the default cache keeps growing
+    resident memory through a run. oneDNN reads the variable once, at its first primitive: so this runs before
+    any model does."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if os.environ.get("EDITLOOP_ALLOW_DOWNLOADS", "") != "1":

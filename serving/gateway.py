@@ -26,6 +26,7 @@ from serving.cost import own_cost, upstream_cost
 from serving.schemas import ChatRequest, CompletionRequest, ModelCard, ModelList
 from serving.upstream import Upstream
 from trainers import registry
+from trainers.canary import canary_share
 from trainers.config import ModelSettings, UpstreamSettings, model_settings, upstream_settings
 from trainers.models import AdapterVersion
 
@@ -135,8 +136,10 @@ class Gateway:
             raise NotFound(f"model: {exc.detail}; GET /v1/models lists what can be asked for") from None
         if model == "production":
             canary = registry.alias_version(session, project_id, "canary")
-            if canary is not None and canary.id != version.id and canary_draw(user, canary.name, settings.canary_share):
-                version, alias = canary, "canary"
+            if canary is not None and canary.id != version.id:
+                share = canary_share(session, project_id, canary.name, settings)
+                if canary_draw(user, canary.name, share):
+                    version, alias = canary, "canary"
         if version.kind == UPSTREAM:
             if not upstream.configured:
                 raise InvalidInput(f"model: {model} points at the upstream, which the project no longer names")

@@ -2,6 +2,7 @@
 server per backend; every test makes its own projects, so tests share nothing and need no cleanup between them.
 One tiny code model is bootstrapped once per test session and shared by the training and demo tests."""
 
+import inspect
 import os
 import socket
 import threading
@@ -169,3 +170,31 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-model") / "model"
     bootstrap(path, TINY_MODEL)
     return path
+
+
+# Tests that load or train a model: `pytest -m "not ml"` (make test-fast) runs the rest in a minute or two.
+ML_DIRECTORIES = ("trainers", "demo", "serving", "rewards")
+ML_FIXTURES = {"tiny_model", "serving_model"}
+ML_HELPERS = ("tests.trainers.tiny", "tests.tiny_llama")
+
+
+def _uses_ml_helpers(module: object) -> bool:
+    """Whether a test module imported one of the helpers that build models (the module, or names from it)."""
+    for value in vars(module).values():
+        name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+        if name in ML_HELPERS:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).parent
+    for item in items:
+        top = Path(str(item.path)).relative_to(tests_dir).parts[0]
+        module = getattr(item, "module", None)
+        if (
+            top in ML_DIRECTORIES
+            or ML_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or (module is not None and _uses_ml_helpers(module))
+        ):
+            item.add_marker(pytest.mark.ml)

@@ -17,19 +17,22 @@ any `edited` event arrived (whatever the decision), else the latest decision, `a
   excluded path keeps no text, hence no distance), with a percentile bootstrap 95% interval (metrics.mean_ci;
   a normal interval above `BOOTSTRAP_MAX` values, where the two agree and the bootstrap would only cost time).
 
-`compare` tests two versions' difference: acceptance and edit rates by a two-proportion z-test (Fisher's exact test
-when an expected cell count is below 5), edit distances by a Mann-Whitney U test (exact permutation distribution for
-small samples, normal approximation with tie correction otherwise). Pure Python; each result names its method.
+`compare` tests two versions' difference: acceptance and edit rates by a sequential test (`sequential_difference`,
+below) that stays valid however often it is looked at, edit distances by a Mann-Whitney U test (exact permutation
+distribution for small samples, normal approximation with tie correction otherwise; a fixed-horizon test, shown for
+reading, never acted on). Pure Python; each result names its method.
 
-The canary policy (`apply_canary_policy`) decides on one pre-declared metric, the acceptance rate, so `alpha` is
-the error rate of that one test: significantly better promotes the canary to production (through the registry's
-promotion gate) and ends the canary; significantly worse takes the canary alias away, so production serves everyone.
-The test compares both aliases over the same window (since the canary alias last moved), so a change in traffic over
-time affects both sides alike. The tick re-tests as feedback accrues, which raises the chance of a false decision
-above `alpha` (repeated looks); `canary_min_samples` is what guards against deciding on the first few."""
+The canary policy (`apply_canary_policy`) decides on one pre-declared metric, the acceptance rate: significantly
+better promotes the canary to production (through the registry's promotion gate) and ends the canary; significantly
+worse takes the canary alias away, so production serves everyone. The test compares both aliases over the same window
+(since the canary alias last moved), so a change in traffic over time affects both sides alike. The scheduled tick
+tests again as feedback accrues; because the test is sequential (an always-valid confidence sequence), checking at
+every tick keeps the chance of any false decision over the whole canary at `alpha` (tests/trainers/
+test_canary_sequential.py shows it by simulation). `canary_min_samples` only keeps the first few from deciding."""
 
 import itertools
 import math
+import time
 from datetime import UTC, datetime
 from statistics import NormalDist
 from typing import Any
@@ -48,7 +51,8 @@ from trainers.models import AdapterAlias
 
 BASE = "base"
 CONFIDENCE = 0.95
-BOOTSTRAP_MAX = 5000  # above this many edit distances, a normal interval instead of the bootstrap
+BOOTSTRAP_MAX = 200  # above this many edit distances, a normal interval: it agrees, and 2000 resamples of
+# thousands of values took seconds per version (the console's canary page, GET /v1/adapters/compare)
 EXACT_MAX_ARRANGEMENTS = 20_000  # Mann-Whitney: enumerate the exact distribution up to this many arrangements
 FEEDBACK = ("accepted", "rejected", "edited")
 NORMAL = NormalDist()
@@ -95,7 +99,9 @@ def fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:
 
 
 def two_proportions(k1: int, n1: int, k2: int, n2: int) -> dict[str, Any]:
-    """Is k1/n1 different from k2/n2? The pooled two-proportion z-test when every expected cell count is at least 5,
+    """Is k1/n1 different from k2/n2, at one look? (Repeated as data accrue, its false-decision rate grows with
+    the looks: the canary policy uses `sequential_difference`.) The pooled two-proportion z-test when every expected
+    cell count is at least 5,
     Fisher's exact test otherwise. {method, statistic, p_value}; statistic: z, or the sample odds ratio (None when
     a cell is 0) for Fisher. p_value None when a side is empty."""
     if n1 == 0 or n2 == 0:
@@ -112,6 +118,42 @@ def two_proportions(k1: int, n1: int, k2: int, n2: int) -> dict[str, Any]:
         "method": "Fisher's exact test (two-sided; an expected cell count is below 5)",
         "statistic": odds,
         "p_value": fisher_exact(k1, n1, k2, n2),
+    }
+
+
+def sequential_difference(
+    k1: int, n1: int, k2: int, n2: int, alpha: float = 0.05, effect_size: float = 0.1
+) -> dict[str, Any]:
+    """Is k1/n1 different from k2/n2, in a test that may be repeated after every new observation? The mixture
+    sequential probability ratio test (mSPRT) of Johari, Pekelis & Walsh, "Always valid inference: continuous
+    monitoring of A/B tests", Operations Research 70(3), 2022 (Johari, Koomen, Pekelis & Walsh, KDD 2017), for the
+    difference of two rates with the normal approximation: the likelihood ratio of "difference d" against
+    "difference 0", mixed over d ~ N(0, effect_size^2) (Robbins' normal mixture), is
+    Lambda = sqrt(V / (V + tau^2)) * exp(tau^2 * diff^2 / (2 V (V + tau^2))), V the variance of the observed
+    difference. Under no difference Lambda is a nonnegative martingale, so by Ville's inequality the chance that it
+    ever reaches 1/alpha is at most alpha (Howard, Ramdas, McAuliffe & Sekhon, "Time-uniform, nonparametric,
+    nonasymptotic confidence sequences", Annals of Statistics 49(2), 2021, give the same boundary as a confidence
+    sequence). Inverting it gives `low`..`high`, an interval on the difference that covers it at every moment at
+    once; `p_value` = min(1, 1/Lambda) is always valid. V uses each side's rate shrunk toward 1/2 ((k+1)/(n+2)), so
+    that a side with all or none accepted still has a variance.
+
+    {method, statistic (log Lambda), p_value, difference, low, high}; p_value None when a side is empty."""
+    method = f"mixture sequential probability ratio test (always valid; normal mixture, tau={effect_size:g})"
+    if n1 == 0 or n2 == 0:
+        return {"method": method, "statistic": None, "p_value": None, "difference": None, "low": None, "high": None}
+    s1, s2 = (k1 + 1) / (n1 + 2), (k2 + 1) / (n2 + 2)
+    v = s1 * (1 - s1) / n1 + s2 * (1 - s2) / n2
+    tau2 = effect_size * effect_size
+    difference = k1 / n1 - k2 / n2
+    log_lr = 0.5 * math.log(v / (v + tau2)) + tau2 * difference * difference / (2 * v * (v + tau2))
+    half = math.sqrt(v * (v + tau2) / tau2 * math.log((v + tau2) / (v * alpha * alpha)))
+    return {
+        "method": method,
+        "statistic": log_lr,
+        "p_value": min(1.0, math.exp(-log_lr)) if log_lr > 0 else 1.0,
+        "difference": difference,
+        "low": difference - half,
+        "high": difference + half,
     }
 
 
@@ -193,11 +235,14 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
-def version_metrics(session: Session, project_id: int, ref: str, since: datetime | None = None) -> dict[str, Any]:
+def version_metrics(
+    session: Session, project_id: int, ref: str, since: datetime | None = None, fold: bool = True
+) -> dict[str, Any]:
     """Live metrics of one version (see the module docstring for what each counts), over its generations shown at or
     after `since` (a naive time is UTC). Two queries: one aggregate of the counts, one column of edit distances.
-    Events still queued for the fold are folded first (the caller commits that)."""
-    settle(session, project_id)
+    Events still queued for the fold are folded first (the caller commits that), unless `fold` is False."""
+    if fold:
+        settle(session, project_id)
     model = served_model_name(session, project_id, ref)
     since = _utc(since)
     scope = [Generation.project_id == project_id, Generation.model == model]
@@ -307,17 +352,17 @@ def compare(
         higher_is_better = metric == "acceptance_rate"
         ra, rb = ma[metric], mb[metric]
         enough = min(ma["with_feedback"], mb["with_feedback"]) >= min_samples
-        test = two_proportions(ma[field], ma["with_feedback"], mb[field], mb["with_feedback"])
-        difference = ra["rate"] - rb["rate"] if ra["rate"] is not None and rb["rate"] is not None else None
+        test = sequential_difference(
+            ma[field], ma["with_feedback"], mb[field], mb["with_feedback"], alpha, settings.canary_effect_size
+        )
         tests[metric] = {
             "metric": metric,
             "a": ra["rate"],
             "b": rb["rate"],
-            "difference": difference,
             "higher_is_better": higher_is_better,
             "n": [ma["with_feedback"], mb["with_feedback"]],
             **test,
-            "verdict": _verdict(test["p_value"] if enough else None, difference, higher_is_better, alpha),
+            "verdict": _verdict(test["p_value"] if enough else None, test["difference"], higher_is_better, alpha),
         }
     da, db = ma["distances"], mb["distances"]
     test = mann_whitney(da, db)
@@ -346,6 +391,53 @@ def compare(
     }
 
 
+# --- the canary's share of traffic ---------------------------------------------------------------------------------
+
+SHARE_TTL_S = 60.0  # a gateway process recomputes an adaptive share at most this often per canary
+_shares: dict[tuple[int, str], tuple[float, float]] = {}  # (project, canary) -> (monotonic time, share)
+
+
+def adaptive_share(floor: float, ceiling: float, test: dict[str, Any], alpha: float) -> float:
+    """The canary's share given the sequential test of its acceptance rate against production: the floor while
+    the canary is not ahead, rising linearly with the test's log likelihood ratio to the ceiling at the decision
+    threshold (log 1/alpha). The allocation depends only on past feedback, which the test allows."""
+    ceiling = max(ceiling, floor)
+    if test.get("statistic") is None or not test.get("difference") or test["difference"] <= 0:
+        return floor
+    progress = min(1.0, max(0.0, test["statistic"] / math.log(1 / alpha)))
+    return floor + (ceiling - floor) * progress
+
+
+def canary_share(session: Session, project_id: int, canary: str, settings: Any) -> float:
+    """The share of `production` requests the canary serves: `model.canary_share`, or with
+    `model.canary_adaptive_share`, `adaptive_share` between canary_share and canary_share_max on the feedback since
+    the canary alias moved (read as folded, cached SHARE_TTL_S per process: a share need not be exact)."""
+    if not settings.canary_adaptive_share:
+        return float(settings.canary_share)
+    key, now = (project_id, canary), time.monotonic()
+    cached = _shares.get(key)
+    if cached is not None and now - cached[0] < SHARE_TTL_S:
+        return cached[1]
+    production = registry.alias_version(session, project_id, "production")
+    alias_row = session.get(AdapterAlias, (project_id, "canary"))
+    since = alias_row.updated_at if alias_row is not None else None
+    ma = version_metrics(session, project_id, canary, since, fold=False)
+    mb = version_metrics(session, project_id, production.name if production else BASE, since, fold=False)
+    test = sequential_difference(
+        ma["accepted"],
+        ma["with_feedback"],
+        mb["accepted"],
+        mb["with_feedback"],
+        settings.canary_alpha,
+        settings.canary_effect_size,
+    )
+    enough = min(ma["with_feedback"], mb["with_feedback"]) >= settings.canary_min_samples
+    floor = float(settings.canary_share)
+    share = adaptive_share(floor, settings.canary_share_max, test, settings.canary_alpha) if enough else floor
+    _shares[key] = (now, share)
+    return share
+
+
 # --- the canary policy ---------------------------------------------------------------------------------------------
 
 
@@ -353,8 +445,9 @@ def _summary(comparison: dict[str, Any]) -> str:
     t = comparison["tests"]["acceptance_rate"]
     statistic = "-" if t["statistic"] is None else f"{t['statistic']:.4g}"
     return (
-        f"acceptance rate {t['a']:.3f} (n={t['n'][0]}) vs {t['b']:.3f} (n={t['n'][1]}): {t['method']},"
-        f" statistic {statistic}, p={t['p_value']:.4g}, alpha={comparison['alpha']}"
+        f"acceptance rate {t['a']:.3f} (n={t['n'][0]}) vs {t['b']:.3f} (n={t['n'][1]}), difference"
+        f" {t['difference']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]: {t['method']}, log likelihood ratio"
+        f" {statistic}, always-valid p={t['p_value']:.4g}, alpha={comparison['alpha']}"
     )
 
 
@@ -424,7 +517,8 @@ def apply_canary_policy(session: Session, project_id: int, actor: str = "canary-
         try:
             event = registry.promote(session, project_id, canary.name, alias="production", actor=actor, reason=reason)
         except Conflict as exc:
-            return {**record, "action": "blocked", "reason": f"{summary}; {exc.detail}"}
+            verdict = exc.verdict if isinstance(exc, registry.PromotionRefused) else None
+            return {**record, "action": "blocked", "reason": f"{summary}; {exc.detail}", "gate": verdict}
         event.gate = {**event.gate, "live": _evidence(comparison)}
         registry.clear_alias(
             session, project_id, "canary", actor=actor, reason=f"promoted to production; {summary}", gate={}

@@ -30,19 +30,22 @@ class DPORunConfig(BaseRunConfig):
         None,
         ge=1,
         description="Pairs per forward pass; a step accumulates batch_size / micro_batch_size of them (the same "
-        "gradient, less activation memory and padding). None: on a GPU batch_size; on the CPU as many as keep a pass "
-        "within ~2M activation elements (tokens x hidden size x layers): the whole batch for a toy model, 1-2 pairs "
-        "from ~25M parameters up.",
+        "gradient, less activation memory and padding). None: batch_size, or with cpu_speedups on the CPU as many as "
+        "keep a pass within ~2M activation elements (tokens x hidden size x layers).",
     )
-
+    cpu_speedups: bool = Field(
+        True,
+        description="On the CPU, train through our speedups of TRL's DPOTrainer (trainers/cpu: shared-prefix "
+        "packing, micro-batches, a bf16 frozen base per cpu_bf16_base, TRL and PEFT internals patched, a steady "
+        "heap): the same loss in less time and memory. false: TRL's DPOTrainer as it is. Never on CUDA.",
+    )
     cpu_bf16_base: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="On the CPU, the frozen base's linear layers multiply in bf16 (a bf16 copy of their weights, "
-        "half the fp32 size again; the LoRA matrices, the loss and the fp32 weights unchanged), each packed pair "
-        "padded to a multiple of 16 tokens so that few matmul shapes occur. auto: on where the CPU has native bf16 "
-        "(AVX512-BF16 or AMX) and the model is at least 192 wide: ~1.3x the pairs/s at ~1.1x the peak memory "
-        "on a 26M model (hidden 512), 1.09x at hidden 192, none at 128 (and +80 MB); elsewhere bf16 is emulated and "
-        "far slower. Never on CUDA (TRL's bf16 autocast applies there).",
+        description="With cpu_speedups on the CPU, the frozen base's linear layers multiply in bf16 (a bf16 copy of "
+        "their weights, half their fp32 size again; the LoRA matrices, the loss and the fp32 weights unchanged), and "
+        "packed pairs are padded to a multiple of 16 tokens so that few matmul shapes occur. auto: where the CPU has "
+        "native bf16 (AVX512-BF16 or AMX; elsewhere bf16 is emulated and far slower) and the model is at least 192 "
+        "wide (narrower, its matmuls are too small to gain).",
     )
 
     @field_validator("micro_batch_size")
@@ -226,6 +229,25 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return out
 
 
+class GateSettings(BaseModel):
+    """The promotion gate's tolerances (trainers.gate): how much worse than the base or production a candidate may
+    be, at the near end of the 95% interval of the paired difference, before it is refused. 0: not worse beyond
+    noise; None: the measure is not gated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    edit_distance: float | None = Field(0.0, ge=0, description="Edit replay distance to what users kept (0-1).")
+    parse_rate: float | None = Field(0.0, ge=0, description="Share of Python generations that parse.")
+    empty: float | None = Field(0.0, ge=0, description="Share of empty (whitespace-only) generations.")
+    degenerate: float | None = Field(
+        0.0, ge=0, description="Share of generations that end in a repetition loop (one chunk repeated 3+ times)."
+    )
+    truncated: float | None = Field(0.0, ge=0, description="Share of generations cut off at the token limit.")
+    length_shortfall: float | None = Field(
+        0.0, ge=0, description="How much shorter than what the user kept (0 as long or longer, 1 empty), on average."
+    )
+
+
 class ModelSettings(BaseModel):
     """A project's model settings (project.settings["model"]): which base it trains, and what the schedule runs."""
 
@@ -248,7 +270,32 @@ class ModelSettings(BaseModel):
     canary_min_samples: int = Field(
         50, ge=1, description="Generations with feedback each side needs before the canary policy decides."
     )
-    canary_alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of the canary policy's test.")
+    canary_alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=0.5,
+        description="Chance of a false decision over the whole canary, however often the tick checks (its test is "
+        "sequential).",
+    )
+    canary_effect_size: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="Difference in acceptance rate the sequential test is tuned to decide fastest (its mixture's "
+        "scale); any size is detected, this one soonest.",
+    )
+    canary_adaptive_share: bool = Field(
+        False,
+        description="Grow the canary's share from canary_share toward canary_share_max as evidence that it is better "
+        "accrues; it falls back to canary_share when the evidence turns.",
+    )
+    canary_share_max: float = Field(0.5, ge=0.0, le=1.0, description="Ceiling of the adaptive canary share.")
+    gate: GateSettings = Field(default_factory=GateSettings, description="The promotion gate's tolerances.")
+    on_deleted_data: Literal["flag", "retrain"] = Field(
+        "flag",
+        description="When a deletion removes data a version learned from: flag the version, or also queue a pipeline"
+        " run on the redacted snapshot (promoted through the gate as usual).",
+    )
     price_per_mtok: float | None = Field(
         None, ge=0, description="Cost of serving your own model per million tokens (e.g. GPU cost / throughput)."
     )

@@ -22,7 +22,10 @@ def evaluate_policy(
     upstream: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Implicit-reward accuracy on held-out pairs; edit replay on held-out prompts (what the user finally kept)
-    against the base and the production adapter, with intervals; parse rate of the Python generations.
+    against the base and the production adapter, with intervals; parse rate of the Python generations; the
+    promotion gate's guardrails (empty, degenerate, truncated, length shortfall). Every per-example value is kept
+    for every system (`per_example`: the candidate's unprefixed, `base_...`, `production_...`), so the gate pairs
+    them on the same examples.
     `replay` rows: prompt, completion (the user's final code), editloop_source_key, editloop_python.
     `score(prompts, completions)`: a reward model (online RL's), which then also scores every system's greedy
     generations on the held-out prompts (`reward_model_score`, candidate minus the others paired per prompt).
@@ -43,9 +46,11 @@ def evaluate_policy(
         return out
     prompts = [r["prompt"] for r in replay]
     finals = [r["completion"] for r in replay]
-    generated = {
-        "candidate": metrics.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens),
-        "base": metrics.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, adapter_disabled=True),
+    outputs = {
+        "candidate": metrics.generate_with_limits(model, tokenizer, prompts, max_new_tokens=max_new_tokens),
+        "base": metrics.generate_with_limits(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, adapter_disabled=True
+        ),
     }
     if production is not None:
         name, path = production
@@ -53,11 +58,19 @@ def evaluate_policy(
         model.load_adapter(str(path), adapter_name="production")
         try:
             model.set_adapter("production")
-            generated["production"] = metrics.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+            outputs["production"] = metrics.generate_with_limits(
+                model, tokenizer, prompts, max_new_tokens=max_new_tokens
+            )
         finally:
             model.set_adapter("default")
             model.delete_adapter("production")
         out["production_version"] = name
+    out["max_new_tokens"] = max_new_tokens
+    generated = {system: [text for text, _ in pairs] for system, pairs in outputs.items()}
+    guards = {system: _guardrails(pairs, finals) for system, pairs in outputs.items()}
+    out["guardrails"] = {
+        system: {name: sum(values) / len(values) for name, values in g.items()} for system, g in guards.items()
+    }
     scored = {system: metrics.edit_replay(texts, finals) for system, texts in generated.items()}
     out["edit_replay"] = {system: {k: v for k, v in s.items() if k != "distances"} for system, s in scored.items()}
     out["edit_replay_vs"] = metrics.compare_replay(
@@ -84,6 +97,8 @@ def evaluate_policy(
         for system, s in scored.items():
             prefix = "" if system == "candidate" else f"{system}_"
             entry[f"{prefix}distance"] = s["distances"][i]
+            for name, values in guards[system].items():
+                entry[f"{prefix}{name}"] = values[i]
             if row.get("editloop_python"):
                 entry[f"{prefix}parses"] = 1.0 if metrics.parses(generated[system][i]) else 0.0
         if row["editloop_source_key"] in (upstream or {}):
@@ -108,3 +123,14 @@ def evaluate_policy(
         for i in range(min(3, len(prompts)))
     ]
     return out
+
+
+def _guardrails(outputs: list[tuple[str, bool]], finals: list[str]) -> dict[str, list[float]]:
+    """Per example, the signs of a policy gaming its reward (trainers.gate gates them): empty output, a repetition
+    loop, a cut at the token limit, and how much shorter than what the user kept."""
+    return {
+        "empty": [0.0 if text.strip() else 1.0 for text, _ in outputs],
+        "degenerate": [1.0 if metrics.degenerate(text) else 0.0 for text, _ in outputs],
+        "truncated": [1.0 if truncated else 0.0 for _, truncated in outputs],
+        "shortfall": [metrics.length_shortfall(text, final) for (text, _), final in zip(outputs, finals, strict=True)],
+    }

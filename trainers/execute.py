@@ -323,6 +323,8 @@ def _auto_promote(ctx: RunContext, version_id: int) -> dict[str, Any]:
                 actor=f"pipeline run {ctx.run_id}",
                 reason="auto_promote policy of the project",
             )
+        except registry.PromotionRefused as exc:
+            return {"promoted": False, "alias": ctx.auto_promote, "reason": exc.detail, "gate": exc.verdict}
         except Conflict as exc:
             return {"promoted": False, "alias": ctx.auto_promote, "reason": exc.detail}
         return {"promoted": True, "alias": ctx.auto_promote, "gate": event.gate}

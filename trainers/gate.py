@@ -1,100 +1,202 @@
-"""The promotion gate: is a candidate worse than production beyond noise?
+"""The promotion gate: is a candidate worse than production, or than the base model, beyond noise?
 
-Pure Python (the API process decides promotions and never imports torch). Two measures from each version's stored
-evaluation, both on held-out prompts: the edit replay distance (lower is better) and, for Python, the share of
-generations that parse (higher is better). The gate compares them with a percentile bootstrap of the difference
-(candidate minus production): paired by eval example when both versions were evaluated on the same examples, over
-independent samples otherwise. "Worse beyond noise" means the whole 95% interval lies on the worse side."""
+One comparison, on the same prompts. The candidate's evaluation (trainers.evaluate_version) generated, for each of
+its snapshot's held-out examples, with the candidate, with the base (adapter off) and with the production adapter
+of the time; the gate pairs those per example and bootstraps each difference (candidate minus other). Measures,
+each "higher is worse" per example except the parse rate:
 
-import random
-from collections.abc import Sequence
+- `edit_distance`: the edit replay distance to what the user kept;
+- guardrails against reward hacking, on the same generations: `parse_rate` (Python that parses), `empty` (nothing
+  but whitespace), `degenerate` (the output ends in a loop of one repeated chunk), `truncated` (generation stopped
+  at the token limit, not at eos) and `length_shortfall` (how much shorter than what the user kept: a policy can
+  learn to say less).
+
+"Worse beyond noise" means the whole 95% interval of the difference lies beyond the measure's tolerance on the
+worse side (tolerances are project settings, `model.gate`; None turns a guardrail off). A candidate must not be
+worse than the base on any measure, nor than production. When production has changed since the candidate was
+evaluated, production's own evaluation stands in if it covers every one of the candidate's examples (the same
+held-out generations, greedy, so the same outputs); otherwise the gate refuses and says how to re-evaluate. It
+never compares different prompts. Pure Python: the API process decides promotions and never imports torch."""
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from trainers.metrics import mean_ci
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
+# name -> (per-example field, True when a higher value is worse)
+MEASURES: dict[str, tuple[str, bool]] = {
+    "edit_distance": ("distance", True),
+    "parse_rate": ("parses", False),
+    "empty": ("empty", True),
+    "degenerate": ("degenerate", True),
+    "truncated": ("truncated", True),
+    "length_shortfall": ("shortfall", True),
+}
+DEFAULT_TOLERANCES: dict[str, float | None] = {name: 0.0 for name in MEASURES}
+WORDS = {
+    "edit_distance": "edit replay distance is higher",
+    "parse_rate": "parse rate is lower",
+    "empty": "more outputs are empty",
+    "degenerate": "more outputs are degenerate (a repetition loop)",
+    "truncated": "more outputs run to the token limit",
+    "length_shortfall": "outputs fall shorter of what users kept",
+}
 
 
-def bootstrap_difference(
-    a: Sequence[float], b: Sequence[float], paired: bool, resamples: int = RESAMPLES, seed: int = 0
-) -> dict[str, Any]:
-    """mean(a) - mean(b) with a percentile bootstrap interval."""
-    if not a or not b:
-        return {"difference": None, "low": None, "high": None, "n": [len(a), len(b)], "paired": paired}
-    diff = sum(a) / len(a) - sum(b) / len(b)
-    if paired:  # the bootstrap of the per-example differences' mean
-        ci = mean_ci([x - y for x, y in zip(a, b, strict=True)], CONFIDENCE, resamples, seed)
-        return {"difference": diff, "low": ci["low"], "high": ci["high"], "n": [len(a), len(b)], "paired": True}
-    rng = random.Random(seed)
-    samples = []
-    for _ in range(resamples):
-        ra = [a[rng.randrange(len(a))] for _ in a]
-        rb = [b[rng.randrange(len(b))] for _ in b]
-        samples.append(sum(ra) / len(ra) - sum(rb) / len(rb))
-    samples.sort()
-    tail = (1 - CONFIDENCE) / 2
-    low = samples[int(tail * (resamples - 1))]
-    high = samples[int((1 - tail) * (resamples - 1))]
-    return {"difference": diff, "low": low, "high": high, "n": [len(a), len(b)], "paired": paired}
+@dataclass(frozen=True)
+class Evaluated:
+    """What the gate needs of a version: its name, stored metrics, and the snapshot and token limit they used."""
+
+    name: str
+    metrics: Mapping[str, Any]
+    snapshot_id: int | None = None
+    max_new_tokens: int | None = None
 
 
-def _per_example(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    rows = (metrics.get("eval") or {}).get("per_example") or []
-    return {row["key"]: row for row in rows}
+def _rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return list((metrics.get("eval") or {}).get("per_example") or [])
 
 
-def _compare(
-    cand: dict[str, dict[str, Any]], prod: dict[str, dict[str, Any]], field: str, worse_if: str
-) -> dict[str, Any]:
-    shared = sorted(
-        k for k in set(cand) & set(prod) if cand[k].get(field) is not None and prod[k].get(field) is not None
-    )
-    if len(shared) >= 5:
-        a = [float(cand[k][field]) for k in shared]
-        b = [float(prod[k][field]) for k in shared]
-        result = bootstrap_difference(a, b, paired=True)
-    else:
-        a = [float(r[field]) for r in cand.values() if r.get(field) is not None]
-        b = [float(r[field]) for r in prod.values() if r.get(field) is not None]
-        result = bootstrap_difference(a, b, paired=False)
-    if result["difference"] is None:
-        result["worse"] = None
-    elif worse_if == "higher":
-        result["worse"] = result["low"] > 0
-    else:
-        result["worse"] = result["high"] < 0
-    return result
-
-
-def check(candidate: dict[str, Any], production: dict[str, Any] | None) -> dict[str, Any]:
-    """The gate's verdict: {"passed": bool, "reasons": [...], "edit_distance": ..., "parse_rate": ..., "test": ...}."""
-    verdict: dict[str, Any] = {
-        "test": f"percentile bootstrap of candidate - production, {RESAMPLES} resamples, {CONFIDENCE:.0%} interval;"
-        " paired by eval example when both were evaluated on the same examples",
-        "reasons": [],
+def _compare(a: list[float], b: list[float], higher_is_worse: bool, tolerance: float) -> dict[str, Any]:
+    """candidate - other, paired per example, with a percentile bootstrap interval of the mean difference."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    ci = mean_ci(diffs, CONFIDENCE, RESAMPLES, seed=0)
+    out: dict[str, Any] = {
+        "n": ci["n"],
+        "candidate": sum(a) / len(a) if a else None,
+        "other": sum(b) / len(b) if b else None,
+        "difference": ci["mean"],
+        "low": ci["low"],
+        "high": ci["high"],
+        "paired": True,
+        "tolerance": tolerance,
     }
-    cand = _per_example(candidate)
-    if not cand:
+    if ci["mean"] is None:
+        out["worse"] = None
+    else:
+        out["worse"] = ci["low"] > tolerance if higher_is_worse else ci["high"] < -tolerance
+    return out
+
+
+def _against(
+    rows: list[dict[str, Any]], prefix: str, other_rows: dict[str, dict[str, Any]] | None, tolerances: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each measure of the candidate's rows against another system: its `prefix`ed fields in the same rows, or,
+    with `other_rows` (key -> row), that system's own evaluation of the same examples."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (field, higher_is_worse) in MEASURES.items():
+        tolerance = tolerances.get(name, DEFAULT_TOLERANCES[name])
+        if tolerance is None:
+            continue
+        a: list[float] = []
+        b: list[float] = []
+        for row in rows:
+            other = row if other_rows is None else other_rows[row["key"]]
+            theirs = other.get(prefix + field if other_rows is None else field)
+            if row.get(field) is not None and theirs is not None:
+                a.append(float(row[field]))
+                b.append(float(theirs))
+        if a:
+            out[name] = _compare(a, b, higher_is_worse, float(tolerance))
+    return out
+
+
+def _examples(candidate: Evaluated, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = "\n".join(sorted(str(r["key"]) for r in rows))
+    return {
+        "snapshot_id": candidate.snapshot_id,
+        "split": "eval",
+        "n": len(rows),
+        "keys_sha256": hashlib.sha256(keys.encode()).hexdigest(),
+    }
+
+
+def _production_source(
+    candidate: Evaluated, rows: list[dict[str, Any]], production: Evaluated
+) -> tuple[str, dict[str, dict[str, Any]] | None] | str:
+    """Where production's generations on the candidate's examples come from: ("candidate's evaluation", None) or
+    ("<vX>'s own evaluation", key -> row); a string says why there are none."""
+    evaluated_against = (candidate.metrics.get("eval") or {}).get("production_version")
+    if evaluated_against == production.name and any("production_distance" in r for r in rows):
+        return f"{candidate.name}'s evaluation", None
+    theirs = {r["key"]: r for r in _rows(production.metrics)}
+    same_limit = candidate.max_new_tokens is None or candidate.max_new_tokens == production.max_new_tokens
+    if same_limit and all(r["key"] in theirs for r in rows):
+        return f"{production.name}'s own evaluation of the same examples", theirs
+    was = f"against {evaluated_against}" if evaluated_against else "with no production version"
+    return (
+        f"production is {production.name}, but {candidate.name} was evaluated {was} and {production.name}'s own"
+        f" evaluation does not cover {candidate.name}'s eval examples; re-evaluate:"
+        f" editloop adapters evaluate {candidate.name}"
+    )
+
+
+def check(
+    candidate: Evaluated, production: Evaluated | None, tolerances: Mapping[str, float | None] | None = None
+) -> dict[str, Any]:
+    """The gate's verdict: {passed, reasons, examples, against: {base: {...}, production: {...}}, test}. Each entry
+    of `against` names its source and holds one paired comparison per measure (n, means, difference, interval,
+    tolerance, worse)."""
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    verdict: dict[str, Any] = {
+        "test": f"paired by eval example: percentile bootstrap of candidate - other, {RESAMPLES} resamples,"
+        f" {CONFIDENCE:.0%} interval; worse when the whole interval lies beyond the tolerance",
+        "tolerances": tolerances,
+        "reasons": [],
+        "against": {},
+    }
+    rows = [r for r in _rows(candidate.metrics) if r.get("distance") is not None]
+    if not rows:
         verdict["passed"] = False
         verdict["reasons"].append("the candidate has no evaluation to compare (eval_examples=0 or no eval split)")
         return verdict
-    if production is None:
-        verdict["passed"] = True
-        verdict["reasons"].append("no production version to compare against")
-        return verdict
-    prod = _per_example(production)
-    if not prod:
-        verdict["passed"] = True
-        verdict["reasons"].append("production has no evaluation to compare against")
-        return verdict
-    verdict["edit_distance"] = _compare(cand, prod, "distance", worse_if="higher")
-    verdict["parse_rate"] = _compare(cand, prod, "parses", worse_if="lower")
-    if verdict["edit_distance"]["worse"]:
-        verdict["reasons"].append("edit replay distance is higher than production's beyond noise")
-    if verdict["parse_rate"]["worse"]:
-        verdict["reasons"].append("parse rate is lower than production's beyond noise")
+    verdict["examples"] = _examples(candidate, rows)
+    if any("base_distance" not in r for r in rows):
+        verdict["reasons"].append(
+            f"{candidate.name}'s evaluation has no base generations to compare with; re-evaluate:"
+            f" editloop adapters evaluate {candidate.name}"
+        )
+    else:
+        verdict["against"]["base"] = {
+            "version": "base",
+            "source": f"{candidate.name}'s evaluation",
+            "measures": _against(rows, "base_", None, tolerances),
+        }
+    if production is not None and production.name != candidate.name:
+        source = _production_source(candidate, rows, production)
+        if isinstance(source, str):
+            verdict["reasons"].append(source)
+        else:
+            verdict["against"]["production"] = {
+                "version": production.name,
+                "source": source[0],
+                "measures": _against(rows, "production_", source[1], tolerances),
+            }
+    for result in verdict["against"].values():
+        for name, comparison in result["measures"].items():
+            if comparison["worse"]:
+                verdict["reasons"].append(f"{WORDS[name]} than {result['version']}'s beyond noise")
     verdict["passed"] = not verdict["reasons"]
     if verdict["passed"]:
-        verdict["reasons"].append("not worse than production beyond noise")
+        compared = " and ".join(r["version"] for r in verdict["against"].values())
+        verdict["reasons"].append(f"not worse than {compared} beyond noise (n={len(rows)}, paired)")
     return verdict
+
+
+def summary(verdict: Mapping[str, Any]) -> str:
+    """One line per comparison for a reader: `vs base: edit_distance -0.041 [-0.07, -0.01] ...`."""
+    lines = []
+    for result in (verdict.get("against") or {}).values():
+        parts = []
+        for name, c in result["measures"].items():
+            if c.get("difference") is None:
+                continue
+            flag = " WORSE" if c["worse"] else ""
+            parts.append(f"{name} {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]{flag}")
+        n = max((c["n"] for c in result["measures"].values()), default=0)
+        lines.append(f"vs {result['version']} (n={n}): " + ", ".join(parts))
+    return "\n".join(lines)

@@ -12,6 +12,9 @@ How to read each metric:
   policy, whose implicit reward is `beta * (log p_policy(completion) - log p_reference(completion))`, the reference
   being the base (the same PeftModel with its adapter disabled). 0.5 with margin 0 is what an untrained adapter
   gives.
+- **Guardrails** (`degenerate`, `length_shortfall`, and `generate_with_limits`' truncation flag): signs of a policy
+  that games its reward, on the same generations: a repetition loop at the end, a completion cut off at the token
+  limit, a completion shorter than what the user kept.
 - **Parse rate** (`parse_rate`): share of Python texts that `ast.parse` accepts. A completion of a partial file may
   not parse alone; pass prompt + completion when the prompt is the start of the file.
 - **Confidence intervals** (`mean_ci`, `paired_difference`): percentile bootstrap. `paired_difference` resamples the
@@ -127,6 +130,25 @@ def paired_difference(
 
 
 # --- text checks and baselines -----------------------------------------------------------------------------------
+
+
+LOOP_MIN_CHARS = 24  # a repeated chunk must cover at least this much of the tail to count as a loop
+
+
+def degenerate(text: str, repeats: int = 3) -> bool:
+    """Whether the text ends in a repetition loop: one chunk repeated `repeats` or more times back to back at the
+    end, covering at least LOOP_MIN_CHARS (what a collapsed policy emits until the token limit)."""
+    tail = text.rstrip()
+    for period in range(1, len(tail) // repeats + 1):
+        if period * repeats >= LOOP_MIN_CHARS and tail[-period:] * repeats == tail[-period * repeats :]:
+            return True
+    return False
+
+
+def length_shortfall(text: str, kept: str) -> float:
+    """How much shorter than what the user kept a generation is: 0 when as long or longer, 1 when empty."""
+    want = len(kept.strip())
+    return max(0.0, 1.0 - len(text.strip()) / want) if want else 0.0
 
 
 def parse_rate(texts: Sequence[str]) -> dict[str, Any]:
@@ -312,6 +334,19 @@ def generate(
     """Greedy completions, left-padded in batches; only the new tokens, cut at the first eos, special tokens
     skipped. A fresh greedy GenerationConfig is used, so a checkpoint's sampling defaults do not apply.
     `adapter_disabled=True` generates from the base through the same PeftModel."""
+    outputs = generate_with_limits(model, tokenizer, prompts, max_new_tokens, batch_size, adapter_disabled)
+    return [text for text, _ in outputs]
+
+
+def generate_with_limits(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    adapter_disabled: bool = False,
+) -> list[tuple[str, bool]]:
+    """`generate`, with whether each completion ran to `max_new_tokens` without an eos (truncated)."""
     from transformers import GenerationConfig
 
     pad_id = _pad_id(tokenizer)
@@ -319,7 +354,7 @@ def generate(
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_id
     )
-    outputs: list[str] = []
+    outputs: list[tuple[str, bool]] = []
     base = _adapter_off(model) if adapter_disabled else contextlib.nullcontext()
     with _inference(model), base:
         device = _device(model)
@@ -331,9 +366,11 @@ def generate(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=config
             )
             for row in generated[:, batch["input_ids"].shape[1] :].tolist():
-                if eos_id is not None and eos_id in row:
+                stopped = eos_id is not None and eos_id in row
+                if stopped:
                     row = row[: row.index(eos_id)]
-                outputs.append(tokenizer.decode(row, skip_special_tokens=True))
+                truncated = not stopped and len(row) >= max_new_tokens
+                outputs.append((tokenizer.decode(row, skip_special_tokens=True), truncated))
     return outputs
 
 

@@ -6,6 +6,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+import feedback.rights_models  # noqa: F401  (adapter_version_flags refers to deletion_requests)
 from core.db import Base, BigId, Json, UTCDateTime
 
 ACTIVE = ("queued", "running")
@@ -101,4 +102,37 @@ class AliasEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     forced: Mapped[bool] = mapped_column(Boolean, default=False)
     gate: Mapped[dict[str, Any]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class VersionFlag(Base):
+    """A version that learned from data a deletion request removed: trained on a snapshot that held it, or continued
+    from a version that did. The version itself never changes; the flag says why, and which request."""
+
+    __tablename__ = "adapter_version_flags"
+    __table_args__ = (UniqueConstraint("version_id", "deletion_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    version_id: Mapped[int] = mapped_column(BigId, ForeignKey("adapter_versions.id", ondelete="CASCADE"))
+    deletion_id: Mapped[int] = mapped_column(BigId, ForeignKey("deletion_requests.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(Text)
+    # The manifest's hash before the deletion took the example texts out of it (None: nothing to take).
+    manifest_sha256_before: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AdapterEvaluation(Base):
+    """A later evaluation of a version on its own snapshot's eval examples, against the production version of that
+    time (and the base). Versions never change, so what the promotion gate needs when production has moved since a
+    version was trained is stored beside it (trainers.reevaluate)."""
+
+    __tablename__ = "adapter_evaluations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    version_id: Mapped[int] = mapped_column(BigId, ForeignKey("adapter_versions.id"), index=True)
+    production_version_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("adapter_versions.id"))
+    metrics: Mapped[dict[str, Any]] = mapped_column(Json)  # {"eval": ...} as a version's own
+    created_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -23,11 +23,19 @@ from core.errors import Conflict, InvalidInput, NotFound
 from core.projects import Project
 from ml.environment import library_versions
 from trainers import gate
-from trainers.config import upstream_settings
-from trainers.models import AdapterAlias, AdapterVersion, AliasEvent
+from trainers.config import model_settings, upstream_settings
+from trainers.models import AdapterAlias, AdapterEvaluation, AdapterVersion, AliasEvent
 
 ALIASES = ("production", "canary")
 UPSTREAM = "upstream"  # the project's rented model: a reserved version row, so aliases and metrics treat it as one
+
+
+class PromotionRefused(Conflict):
+    """The gate refused a promotion; `verdict` is what it found (the same record a promotion stores)."""
+
+    def __init__(self, detail: str, verdict: dict[str, Any]) -> None:
+        super().__init__(detail)
+        self.verdict = verdict
 
 
 @functools.cache
@@ -235,8 +243,10 @@ def promote(
     force: bool = False,
     now: datetime | None = None,
 ) -> AliasEvent:
-    """Move `alias` to the version `ref`, if the gate passes against the current production (or `force` with a
-    reason). Concurrent promotions are serialized on the project row; the alias table holds one row per alias."""
+    """Move `alias` to the version `ref`, if the gate passes: not worse than the base nor the current production
+    on the same held-out examples (trainers.gate), or `force` with a reason. The verdict, with its examples, n and
+    paired differences, is recorded on the alias event. Concurrent promotions are serialized on the project row; the
+    alias table holds one row per alias."""
     if alias not in ALIASES:
         raise InvalidInput(f"alias: {alias!r} is not one of {list(ALIASES)}")
     if force and not (reason or "").strip():
@@ -248,15 +258,67 @@ def promote(
     current = alias_version(session, project_id, alias)
     if current is not None and current.id == version.id:
         raise Conflict(f"{alias} already points at {version.name}")
-    production = alias_version(session, project_id, "production")
-    verdict = gate.check(version.metrics, production.metrics if production is not None else None)
-    if production is not None and production.id == version.id:
-        verdict = {**verdict, "passed": True, "reasons": ["the candidate is production"]}
+    verdict: dict[str, Any]
     if version.kind == UPSTREAM:  # what the team rents today: no offline evaluation of ours to gate it on
-        verdict = {**verdict, "passed": True, "reasons": ["the upstream is the rented baseline; it is not gated"]}
+        verdict = {"passed": True, "reasons": ["the upstream is the rented baseline; it is not gated"]}
+    else:
+        verdict = gate_verdict(session, project_id, version, alias_version(session, project_id, "production"))
     if not verdict["passed"] and not force:
-        raise Conflict(f"promotion of {version.name} to {alias} refused: {'; '.join(verdict['reasons'])}")
+        raise PromotionRefused(
+            f"promotion of {version.name} to {alias} refused: {'; '.join(verdict['reasons'])}", verdict
+        )
     return _move(session, project_id, alias, version, current, "promote", actor, reason, force, verdict, now)
+
+
+def gate_verdict(
+    session: Session, project_id: int, version: AdapterVersion, production: AdapterVersion | None
+) -> dict[str, Any]:
+    """What the promotion gate answers for this version against this production and the base, with the project's
+    tolerances."""
+    if production is not None and production.id == version.id:
+        return {"passed": True, "reasons": ["the candidate is production"]}
+    if production is not None and production.kind == UPSTREAM:
+        # the rented model has no evaluation of ours: the candidate is gated against the base; how it compares with
+        # the upstream is its eval's edit_replay_vs_upstream offline, and the canary policy live
+        production = None
+    project = session.get(Project, project_id)
+    tolerances = model_settings(project.settings if project is not None else None).gate.model_dump()
+    return gate.check(
+        evaluated(session, version, production),
+        evaluated(session, production) if production is not None else None,
+        tolerances,
+    )
+
+
+def evaluated(session: Session, version: AdapterVersion, production: AdapterVersion | None = None) -> gate.Evaluated:
+    """A version as the gate sees it: its evaluation (the one made at training time, or, when that was made against
+    another production than `production`, a later one against it: trainers.reevaluate), and the snapshot and token
+    limit it was made with."""
+    config = (version.manifest or {}).get("config") or {}
+    metrics = version.metrics
+    against = production.name if production is not None and production.id != version.id else None
+    if (metrics.get("eval") or {}).get("production_version") != against:
+        later = latest_evaluation(session, version, production if against else None)
+        if later is not None:
+            metrics = later.metrics
+    return gate.Evaluated(version.name, metrics, version.snapshot_id, config.get("eval_max_new_tokens"))
+
+
+def latest_evaluation(
+    session: Session, version: AdapterVersion, production: AdapterVersion | None
+) -> AdapterEvaluation | None:
+    """The newest later evaluation of `version` against `production` (None: against no production)."""
+    against = (
+        AdapterEvaluation.production_version_id.is_(None)
+        if production is None
+        else AdapterEvaluation.production_version_id == production.id
+    )
+    return session.scalar(
+        select(AdapterEvaluation)
+        .where(AdapterEvaluation.version_id == version.id, against)
+        .order_by(AdapterEvaluation.id.desc())
+        .limit(1)
+    )
 
 
 def rollback(

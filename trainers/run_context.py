@@ -23,6 +23,9 @@ class Cancelled(Exception):
     """Raised between stages when the run was cancelled; nothing of the run is registered."""
 
 
+CURVE_POINTS = 400  # per stage, in a run's metrics
+
+
 class RunReporter:
     """Writes a run's progress and heartbeat in short transactions of their own, and says when it was cancelled.
     A background thread keeps the heartbeat going through phases without steps (loading, evaluation)."""
@@ -30,6 +33,7 @@ class RunReporter:
     def __init__(self, url: str, run_id: int, heartbeat_s: float) -> None:
         self.url, self.run_id, self.heartbeat_s = url, run_id, heartbeat_s
         self.stage = ""
+        self.curve: dict[str, list[dict[str, float]]] = {}  # per stage, the logs of each step: training curves
         self.cancelled = False
         self.started = time.monotonic()
         self._stop = threading.Event()
@@ -70,7 +74,11 @@ class RunReporter:
         stage_elapsed = time.monotonic() - self.started
         eta = stage_elapsed / step * (total - step) if step else None
         progress = {"stage": self.stage, "step": step, "total": total, "eta_s": round(eta, 1) if eta else None}
-        self._write({"progress": progress, "metrics": {"live": {self.stage: logs}}})
+        curve = self.curve.setdefault(self.stage, [])
+        curve.append({"step": step, **logs})
+        if len(curve) > CURVE_POINTS:  # keep every other point: the whole run at half the resolution
+            del curve[1:-1:2]
+        self._write({"progress": progress, "metrics": {"live": {self.stage: logs}, "curve": self.curve}})
         return self.cancelled
 
     def restart_clock(self) -> None:

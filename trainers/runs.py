@@ -167,7 +167,8 @@ def _finish(
             return
         run.status, run.error, run.finished_at = status, error, utcnow()
         if metrics is not None:
-            run.metrics = {**metrics, "live": (run.metrics or {}).get("live", {})}
+            previous = run.metrics or {}
+            run.metrics = {**metrics, "live": previous.get("live", {}), "curve": previous.get("curve", {})}
         if version_ids is not None:
             run.version_ids = version_ids
         if status == "succeeded":

@@ -53,6 +53,9 @@ class VersionOut(BaseModel):
     manifest_sha256: str
     created_at: datetime
     aliases: list[str] = []
+    deleted_data: list[dict[str, Any]] = Field(
+        [], description="Deletion requests that removed data this version learned from: deletion_id, reason."
+    )
 
 
 class VersionDetail(VersionOut):
@@ -90,7 +93,12 @@ class AliasEventOut(BaseModel):
     actor: str
     reason: str | None
     forced: bool
-    gate: dict[str, Any]
+    gate: dict[str, Any] = Field(
+        description="The promotion gate's verdict: passed, reasons, examples (snapshot, split, n) and, under "
+        "`against`, the paired differences with their intervals against the base and production; `live`: the "
+        "canary policy's sequential test"
+    )
+    summary: str = Field("", description="The verdict's paired differences, one line per comparison")
     created_at: datetime
 
 
@@ -151,8 +159,12 @@ class LiveTestOut(BaseModel):
     higher_is_better: bool
     n: list[int] = Field(description="Observations per side")
     method: str = Field(description="The test used")
-    statistic: float | None = Field(description="z, the odds ratio (Fisher) or U of a (Mann-Whitney)")
-    p_value: float | None
+    statistic: float | None = Field(
+        description="log of the mixture likelihood ratio (the rates' sequential test) or U of a (Mann-Whitney)"
+    )
+    p_value: float | None = Field(description="Always valid for the rates (sequential); fixed-horizon for distances")
+    low: float | None = Field(None, description="Rates: the confidence sequence on a - b, valid at every look")
+    high: float | None = Field(None, description="Rates: the confidence sequence on a - b, valid at every look")
     verdict: Literal["better", "worse", "no significant difference", "not enough data"] = Field(
         description="About a, at the comparison's alpha and min_samples"
     )

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from api import metrics
 from api.body import read_json
 from api.deps import IngestKey, authenticated, settings_of
 from api.errors import status_of
@@ -31,8 +32,15 @@ async def store_events(app: FastAPI, key: Principal, events: list[Any]) -> Inges
     it commits: a 2xx means every stored event is committed."""
     settings: Settings = app.state.settings
     batch = service.validate(events, settings)
+    if batch.errors:
+        metrics.ingested((_type_of(events[e.index]), "invalid") for e in batch.errors)
     committer: GroupCommitter = app.state.group_commit
     return await committer.submit(key, batch)
+
+
+def _type_of(raw: Any) -> str:
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    return kind if kind in ("generation", "accepted", "rejected", "edited", "rating") else "unknown"
 
 
 def check_batch(body: Any, max_events: int) -> list[Any]:

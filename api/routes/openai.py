@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from api import metrics
 from api.body import read_json
 from api.deps import IngestKey, SessionDep, sessions_of, settings_of
 from api.errors import status_of
@@ -169,6 +170,7 @@ async def _serve(request: Request, key: Principal, body: CompletionRequest | Cha
     except BackendUnavailable as exc:
         return _unavailable(exc)
     latency_ms = (time.perf_counter() - started) * 1000
+    metrics.generated(resolved.served, result.prompt_tokens, result.completion_tokens, latency_ms / 1000)
     event = gateway.event(generation_id, body, resolved, result, latency_ms, fallback_from=fallback_from)
     reject_if_nothing_stored(await store_events(request.app, key, [event]))
     return _respond(chat, generation_id, created, resolved.served, result)
@@ -292,6 +294,7 @@ async def _stream(
             yield _sse({"error": {"message": exc.detail, "type": exc.code, "param": None, "code": status}})
             return
         latency_ms = (time.perf_counter() - started) * 1000
+        metrics.generated(resolved.served, result.prompt_tokens, result.completion_tokens, latency_ms / 1000)
         reject_if_nothing_stored(
             await store_events(
                 request.app,

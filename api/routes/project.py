@@ -1,8 +1,9 @@
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import audit
 from api.deps import AdminKey, SessionDep
 from core.errors import NotFound
 from core.projects import Project
@@ -47,7 +48,7 @@ def get_project_settings(session: SessionDep, key: AdminKey) -> SettingsOut:
 
 
 @router.patch("/v1/project/settings", summary="Change model settings (base model, auto-promotion) or dataset gates")
-def patch_project_settings(body: SettingsPatch, session: SessionDep, key: AdminKey) -> SettingsOut:
+def patch_project_settings(body: SettingsPatch, request: Request, session: SessionDep, key: AdminKey) -> SettingsOut:
     project = session.get(Project, key.project_id)
     if project is None:
         raise NotFound("project does not exist")
@@ -59,5 +60,9 @@ def patch_project_settings(body: SettingsPatch, session: SessionDep, key: AdminK
         settings[section] = {k: v for k, v in merged.items() if v is not None}
     project.settings = settings
     out = _out(project)  # validates both sections; a bad field is a 422 naming it
+    changes = {
+        f"{section}.{k}": v for section in ("model", "dataset") for k, v in (getattr(body, section) or {}).items()
+    }
+    audit.record(session, request, key, "settings.change", f"project:{project.name}", changes=changes)
     session.commit()
     return out

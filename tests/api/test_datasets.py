@@ -40,7 +40,16 @@ def test_admin_lists_and_reads_snapshots(server, tenant):
     items = r.json()["items"]
     assert [s["id"] for s in items] == [second, first]
     assert items[1]["row_count"] == 10 and items[1]["counts"]["sft"] == {"train": 4, "eval": 1}
-    assert set(items[0]) == {"id", "created_at", "sha256", "counts", "row_count", "build_id"}
+    assert set(items[0]) == {
+        "id",
+        "created_at",
+        "sha256",
+        "counts",
+        "row_count",
+        "build_id",
+        "original_sha256",
+        "redactions",
+    }
 
     detail = tenant.admin.get(f"/v1/datasets/{second}").json()
     assert detail["row_count"] == 11 and detail["counts"]["edit_pair"] == {"train": 0, "eval": 1}

@@ -55,7 +55,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(tenant, server):
     assert r.status_code == 413, r.text
 
 
-def test_json_problem_names_the_first_unstorable_place():
+def test_json_problem_names_an_unstorable_place():
     assert json_problem({"a": [1, {"b": "ok"}], "c": 2.5, "d": None, "e": True}) is None
     assert json_problem({"a": [1, {"b": "x\x00"}]}) == "body.a[1].b: contains a NUL character, which text cannot hold"
     assert json_problem({"n": -(2**63) - 1}).startswith("body.n: ")

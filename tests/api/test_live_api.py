@@ -59,8 +59,8 @@ def test_metrics_and_compare_over_http(server: Server, tenant: Tenant, tenant_fa
     params: dict[str, str | int] = {"a": "canary", "b": "production", "since": later.isoformat(), "min_samples": 30}
     c = tenant.admin.get("/v1/adapters/compare", params=params).json()
     acc = c["tests"]["acceptance_rate"]
-    assert c["verdict"] == acc["verdict"] == "better" and acc["method"].startswith("two-proportion z-test")
-    assert acc["p_value"] < 0.001 and acc["difference"] == pytest.approx(40 / 60 - 15 / 60)
+    assert c["verdict"] == acc["verdict"] == "better" and acc["method"].startswith("mixture sequential")
+    assert acc["p_value"] < 0.01 and acc["difference"] == pytest.approx(40 / 60 - 15 / 60)
     dist = c["tests"]["edit_distance"]
     assert dist["verdict"] == "not enough data" and dist["n"] == [10, 10] and dist["p_value"] < 0.001
     assert c["a"]["model"] == v2 and c["b"]["model"] == v1 and (c["alpha"], c["min_samples"]) == (0.05, 30)
@@ -107,7 +107,7 @@ def test_metrics_and_compare_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
         code, out = run("adapters", "compare", "canary", "production", "--project", "acme")
         assert code == 0, out
-        assert "two-proportion z-test" in out and "Mann-Whitney" in out and "verdict for canary: better" in out
+        assert "mixture sequential" in out and "Mann-Whitney" in out and "verdict for canary: better" in out
         code, out = run("adapters", "compare", "production", "canary", "--project", "acme", "--min-samples", "100")
         assert code == 0 and "verdict for production: not enough data" in out
         code, out = run("adapters", "metrics", "v9", "--project", "acme")

@@ -8,8 +8,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+import core.audit  # noqa: F401
 import core.projects  # noqa: F401
 import feedback.models  # noqa: F401
+import feedback.rights_models  # noqa: F401
 import trainers.models  # noqa: F401
 from core import migrate
 from core.db import Base

@@ -16,14 +16,14 @@ import pytest
 from detect_secrets.plugins.private_key import PrivateKeyDetector
 
 from feedback import scrub
-from feedback.scrub import SCRUB_VERSION, scrub_text
+from feedback.scrub import SCRUB_VERSION, keywords, prefilter, scrub_text
 
 _RNG = random.Random(1234)
 ALNUM = string.ascii_letters + string.digits
 URLSAFE = ALNUM + "-_"
 BASE64 = ALNUM + "+/"
 HEX = "0123456789abcdef"
-ALL_DETECTORS = (1 << len(scrub._DETECTORS)) - 1
+ALL_DETECTORS = (1 << len(prefilter._DETECTORS)) - 1
 
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example credentials
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -383,9 +383,9 @@ def test_entropy_threshold_on_both_sides(value: str, redacted: bool) -> None:
 
 
 def test_entropy_helper() -> None:
-    assert scrub._shannon_entropy("xxxxxxxx") == 0
-    assert scrub._shannon_entropy("abcd") == pytest.approx(2.0)
-    assert scrub._shannon_entropy("hunter2xyz!") == pytest.approx(3.459, abs=1e-3)
+    assert keywords._shannon_entropy("xxxxxxxx") == 0
+    assert keywords._shannon_entropy("abcd") == pytest.approx(2.0)
+    assert keywords._shannon_entropy("hunter2xyz!") == pytest.approx(3.459, abs=1e-3)
 
 
 def _body(lines: int = 4) -> list[str]:
@@ -553,20 +553,20 @@ EXTRA_POSITIVES = [
 
 def _detections(text: str) -> dict[str, list[tuple[int, int, str]]]:
     lowered = text.lower()
-    return {detector.name: list(detector.find(text, lowered)) for detector in scrub._DETECTORS}
+    return {detector.name: list(detector.find(text, lowered)) for detector in prefilter._DETECTORS}
 
 
 @pytest.mark.parametrize("text", POSITIVE_TEXTS + EXTRA_POSITIVES)
 def test_every_detection_is_preceded_by_its_anchors(text: str) -> None:
     lowered = text.lower()
-    fired = scrub._fired_detectors(text, lowered)
+    fired = prefilter._fired_detectors(text, lowered)
     found_any = False
     for bit, (name, spans) in enumerate(_detections(text).items()):
         if spans:
             found_any = True
             assert fired >> bit & 1, f"the prefilter did not fire {name}, which finds {spans}"
     assert found_any
-    assert scrub_text(text) == scrub._scrub(text, lowered, ALL_DETECTORS)
+    assert scrub_text(text) == prefilter._scrub(text, lowered, ALL_DETECTORS)
 
 
 def _flip_case(text: str, rng: random.Random) -> str:
@@ -586,33 +586,33 @@ def test_prefilter_agrees_with_running_every_detector_on_random_mixtures() -> No
             parts.append(_flip_case(part, rng) if rng.random() < 0.3 else part)
             parts.append("".join(rng.choice(noise) for _ in range(rng.randint(0, 20))))
         text = "".join(parts)
-        assert scrub_text(text) == scrub._scrub(text, text.lower(), ALL_DETECTORS), text
+        assert scrub_text(text) == prefilter._scrub(text, text.lower(), ALL_DETECTORS), text
 
 
 def test_anchors_expand_to_the_literals_they_start_with() -> None:
-    assert scrub._anchor_literals("gh[pousr]_") == (["gho_", "ghp_", "ghr_", "ghs_", "ghu_"], True)
-    assert scrub._anchor_literals("A(?:KIA|3T)") == (["A3T", "AKIA"], True)
-    assert scrub._anchor_literals(r"sg\.") == (["sg."], True)
+    assert prefilter._anchor_literals("gh[pousr]_") == (["gho_", "ghp_", "ghr_", "ghs_", "ghu_"], True)
+    assert prefilter._anchor_literals("A(?:KIA|3T)") == (["A3T", "AKIA"], True)
+    assert prefilter._anchor_literals(r"sg\.") == (["sg."], True)
     # More than its literals: the whole anchor is checked where a literal occurs.
-    assert scrub._anchor_literals("key(?<=[a-z0-9_-]key)") == (["key"], False)
-    assert scrub._anchor_literals("SK[a-z0-9]{32}") == (["SK"], False)
+    assert prefilter._anchor_literals("key(?<=[a-z0-9_-]key)") == (["key"], False)
+    assert prefilter._anchor_literals("SK[a-z0-9]{32}") == (["SK"], False)
     for bad in ("[a-z]{3}", "k[a-z0-9]{32}", "(ab)c", "a|bc"):  # no literal start of 2+ characters, or a group
         with pytest.raises(ValueError):
-            scrub._build_prefilters((scrub._Detector("bad", lambda text, lowered: [], anchors=(bad,)),))
+            prefilter._build_prefilters((prefilter._Detector("bad", lambda text, lowered: [], anchors=(bad,)),))
 
 
 def _bit(name: str) -> int:
-    return 1 << [detector.name for detector in scrub._DETECTORS].index(name)
+    return 1 << [detector.name for detector in prefilter._DETECTORS].index(name)
 
 
 def test_prefilter_sees_anchors_that_overlap_or_fail_their_check() -> None:
     # "AKIA" ends inside "AC...": both occur, so both the AWS and the Twilio detectors run.
     text = "AKIAC" + "0123456789abcdef" * 2
-    fired = scrub._fired_detectors(text, text.lower())
+    fired = prefilter._fired_detectors(text, text.lower())
     assert fired & _bit("aws_access_key_0") and fired & _bit("twilio_key_18")
     # A "key" that its check refuses (no name character before it) fires nothing; the compound one fires.
-    assert not scrub._fired_detectors("sorted(x, key=len)", "sorted(x, key=len)") & _bit("keyword_key")
-    assert scrub._fired_detectors("x = api_key", "x = api_key") & _bit("keyword_key")
+    assert not prefilter._fired_detectors("sorted(x, key=len)", "sorted(x, key=len)") & _bit("keyword_key")
+    assert prefilter._fired_detectors("x = api_key", "x = api_key") & _bit("keyword_key")
 
 
 # --- Worst case: long lines stay linear. ---

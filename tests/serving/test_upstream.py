@@ -83,7 +83,7 @@ def gateway(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     settings = Settings(
         database_url=db_url,
         data_dir=tmp_path_factory.mktemp("data"),
-        upstream_read_timeout_s=3,
+        upstream_read_timeout_s=8,  # a hang waits this long; a loaded CPU can take seconds to answer
         upstream_retries=2,
         upstream_retry_max_wait_s=2,
         **TEST_LIMITS,
@@ -238,7 +238,10 @@ def test_canary_of_our_adapter_against_production_upstream(
     assert r.status_code == 200, r.text
     with session_scope(gateway.db_url) as session:
         project_id = get_project(session, tenant.name).id
-    evaluated = {"eval": {"per_example": [{"key": "k", "distance": 0.1, "parses": True}]}}  # the gate needs one
+    per_example = [  # an evaluation the offline gate passes (better than the base on every held-out example)
+        {"key": f"k{i}", "distance": 0.3, "parses": 1.0, "base_distance": 0.6, "base_parses": 1.0} for i in range(20)
+    ]
+    evaluated = {"eval": {"per_example": per_example}}
     root = gateway.settings.artifact_root
     version = register_adapter(gateway.db_url, root, project_id, serving_model, seed=1, metrics=evaluated)
     r = tenant.admin.post("/v1/adapters/upstream/promote", json={"alias": "production"})

@@ -18,6 +18,7 @@ from core.projects import Project, create_project
 from core.settings import Settings
 from feedback.service import ingest
 from trainers import canary, registry, tasks
+from trainers.config import model_settings
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 COMPLETION = "abcdefghij"  # 10 characters: replacing k of them is a normalized edit distance of k / 10
@@ -64,7 +65,10 @@ def publish(session: Session, root: Path, project_id: int, adapter: Path, distan
     staging = artifacts.staging_dir(root / "staging", "live")
     for path in adapter.iterdir():
         shutil.copy2(path, staging / path.name)
-    per_example = [{"key": f"k{i}", "distance": distance + 0.01 * (i % 5), "parses": 1.0} for i in range(20)]
+    per_example = [
+        {"key": f"k{i}", "distance": distance + 0.01 * (i % 5), "parses": 1.0, "base_distance": 0.6, "base_parses": 1.0}
+        for i in range(20)
+    ]
     version = registry.register(
         session,
         root,
@@ -249,15 +253,15 @@ def test_compare_names_its_tests_and_judges(db_url: str, tmp_path: Path, adapter
     with session_scope(db_url) as session:
         c = canary.compare(session, pid, "canary", "production")
     acc, edit, dist = (c["tests"][k] for k in ("acceptance_rate", "edit_rate", "edit_distance"))
-    assert c["verdict"] == acc["verdict"] == "better" and acc["method"].startswith("two-proportion z-test")
-    assert acc["difference"] == pytest.approx(40 / 75 - 15 / 75) and acc["p_value"] < 0.001
+    assert c["verdict"] == acc["verdict"] == "better" and acc["method"].startswith("mixture sequential")
+    assert acc["difference"] == pytest.approx(40 / 75 - 15 / 75) and acc["p_value"] < 0.01 and acc["low"] > 0
     assert edit["verdict"] == "no significant difference" and edit["p_value"] == pytest.approx(1.0)
     assert dist["verdict"] == "better" and dist["method"].startswith("Mann-Whitney") and dist["difference"] < 0
     assert dist["n"] == [25, 25] and (c["alpha"], c["min_samples"]) == (0.05, 20)
 
     with session_scope(db_url) as session:
         strict = canary.compare(session, pid, prod, canary_name, min_samples=80)
-    assert strict["verdict"] == "not enough data" and strict["tests"]["acceptance_rate"]["p_value"] < 0.001
+    assert strict["verdict"] == "not enough data" and strict["tests"]["acceptance_rate"]["p_value"] < 0.01
     with session_scope(db_url) as session:
         reverse = canary.compare(session, pid, prod, canary_name, alpha=0.01)
     assert reverse["verdict"] == "worse" and reverse["tests"]["edit_distance"]["verdict"] == "worse"
@@ -286,9 +290,9 @@ def test_a_clearly_better_canary_is_promoted(db_url: str, tmp_path: Path, adapte
     with session_scope(db_url) as session:
         clear, promote = registry.history(session, pid)[:2]
         assert (promote.action, promote.alias, promote.actor) == ("promote", "production", "canary-policy")
-        assert "two-proportion z-test" in (promote.reason or "") and promote.gate["passed"]
+        assert "mixture sequential" in (promote.reason or "") and promote.gate["passed"]
         live_test = promote.gate["live"]["tests"]["acceptance_rate"]
-        assert live_test["p_value"] < 0.05 and live_test["method"].startswith("two-proportion z-test")
+        assert live_test["p_value"] < 0.05 and live_test["method"].startswith("mixture sequential")
         assert promote.gate["live"]["since"].startswith("2026-11-02T09:00")
         assert (clear.action, clear.alias) == ("clear", "canary")
     with session_scope(db_url) as session:
@@ -397,3 +401,26 @@ def test_the_scheduled_tick_applies_the_policy(tmp_path: Path, monkeypatch: pyte
         get_settings.cache_clear()
     assert aliases(url, pid) == {"production": "v1"}  # the canary v2 was rolled back
     assert aliases(url, idle) == {"production": "v1", "canary": "v2"}
+
+
+def test_the_adaptive_share_grows_when_the_canary_leads(
+    db_url: str, tmp_path: Path, adapter: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = new_project(db_url, min_samples=20)
+    prod, canary_name = production_and_canary(db_url, tmp_path, pid, adapter)
+    with session_scope(db_url) as session:
+        project = session.get(Project, pid)
+        assert project is not None
+        project.settings = {"model": {**project.settings["model"], "canary_adaptive_share": True}}
+    send(db_url, pid, served(canary_name, accepted=20, rejected=20, start=T0 + timedelta(minutes=1)))
+    send(db_url, pid, served(prod, accepted=10, rejected=30, start=T0 + timedelta(minutes=1)))
+    monkeypatch.setattr(canary, "_shares", {})
+    with session_scope(db_url) as session:
+        project = session.get(Project, pid)
+        assert project is not None
+        settings = model_settings(project.settings)
+        canary.version_metrics(session, pid, canary_name)  # folds what Postgres queued (the share reads as folded)
+        share = canary.canary_share(session, pid, canary_name, settings)
+        assert settings.canary_share < share < settings.canary_share_max
+        fixed = settings.model_copy(update={"canary_adaptive_share": False})
+        assert canary.canary_share(session, pid, canary_name, fixed) == settings.canary_share

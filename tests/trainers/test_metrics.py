@@ -196,3 +196,14 @@ def test_generate_is_deterministic_batch_invariant_and_can_bypass_the_adapter(ti
     assert ev.generate(model, tok, PROMPTS, max_new_tokens=12, batch_size=4) != batched
     with pytest.raises(TypeError):
         ev.generate(lm, tok, PROMPTS[:1], max_new_tokens=2, adapter_disabled=True)
+
+
+def test_guardrail_checks() -> None:
+    assert ev.degenerate("def f():\n" + "    return 1\n" * 6)
+    assert ev.degenerate("x = 1\n" + "ab" * 20)
+    assert not ev.degenerate("def f(a, b):\n    return a + b\n")
+    assert not ev.degenerate("x = 1\nx = 1\n")  # a short repeat is code, not a loop
+    assert ev.length_shortfall("", "return a + b") == 1.0
+    assert ev.length_shortfall("return a", "return a + b") == pytest.approx(1 - 8 / 12)
+    assert ev.length_shortfall("return a + b + c", "return a + b") == 0.0
+    assert ev.length_shortfall("anything", "   ") == 0.0

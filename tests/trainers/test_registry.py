@@ -20,14 +20,27 @@ def project(url: str) -> int:
         return create_project(session, f"r-{uuid.uuid4().hex[:10]}").id
 
 
-def evaluated(distances: list[float], parses: list[float] | None = None, prefix: str = "k") -> dict:
+def evaluated(
+    distances: list[float],
+    parses: list[float] | None = None,
+    prefix: str = "k",
+    base: list[float] | None = None,
+    production: tuple[str, list[float]] | None = None,
+) -> dict:
+    """Stored metrics as the evaluation writes them: per example, the candidate's distance (and parse flag), the
+    base's (`base`, default: the candidate's own) and, with `production` = (name, distances), production's."""
     rows = []
     for i, d in enumerate(distances):
-        row = {"key": f"{prefix}{i}", "distance": d}
+        row = {"key": f"{prefix}{i}", "distance": d, "base_distance": (base or distances)[i]}
         if parses is not None:
-            row["parses"] = parses[i]
+            row["parses"] = row["base_parses"] = parses[i]
+        if production is not None:
+            row["production_distance"] = production[1][i]
         rows.append(row)
-    return {"eval": {"per_example": rows}}
+    out: dict = {"eval": {"per_example": rows}}
+    if production is not None:
+        out["eval"]["production_version"] = production[0]
+    return out
 
 
 def publish(url: str, root: Path, project_id: int, metrics: dict | None = None, kind: str = "policy"):
@@ -104,7 +117,7 @@ def test_promotion_gate_refuses_a_worse_version_unless_forced_with_a_reason(db_u
         registry.promote(session, pid, worse, actor="alice", force=True)
     with session_scope(db_url) as session:
         event = registry.promote(session, pid, similar, actor="bob", reason="same within noise")
-        assert event.gate["passed"] and event.gate["edit_distance"]["paired"]
+        assert event.gate["passed"] and event.gate["against"]["production"]["measures"]["edit_distance"]["paired"]
     with session_scope(db_url) as session:
         event = registry.promote(session, pid, worse, actor="carol", reason="incident 42", force=True)
         assert event.forced and not event.gate["passed"]
@@ -183,14 +196,61 @@ def test_concurrent_promotions_leave_exactly_one_production(pg_url: str, tmp_pat
 
 
 def test_gate_statistics() -> None:
-    same = gate.bootstrap_difference([0.3] * 10, [0.3] * 10, paired=True)
-    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0
-    worse = gate.check(evaluated([0.6] * 10 + [0.7] * 10), evaluated([0.3] * 10 + [0.4] * 10))
-    assert not worse["passed"] and worse["edit_distance"]["worse"] and worse["edit_distance"]["paired"]
-    better = gate.check(evaluated([0.1] * 20), evaluated([0.3] * 20))
-    assert better["passed"]
-    # Different eval examples: compared as independent samples.
-    unpaired = gate.check(evaluated([0.6] * 20, prefix="a"), evaluated([0.3] * 20, prefix="b"))
-    assert not unpaired["edit_distance"]["paired"] and not unpaired["passed"]
-    assert gate.check(evaluated([0.5] * 3), None)["passed"]
-    assert not gate.check({}, evaluated([0.5] * 3))["passed"]
+    def check(candidate: dict, production: dict | None = None, **tolerances: float | None) -> dict:
+        prod = gate.Evaluated("v1", production) if production is not None else None
+        return gate.check(gate.Evaluated("v2", candidate), prod, tolerances)
+
+    worse = check(evaluated([0.6] * 10 + [0.7] * 10), evaluated([0.3] * 10 + [0.4] * 10))
+    versus = worse["against"]["production"]
+    assert not worse["passed"] and versus["measures"]["edit_distance"]["worse"]
+    assert (
+        versus["measures"]["edit_distance"]["paired"] and versus["source"] == "v1's own evaluation of the same examples"
+    )
+    assert check(evaluated([0.1] * 20), evaluated([0.3] * 20))["passed"]
+    # No production: still compared with the base, on the same examples.
+    first = check(evaluated([0.6] * 10 + [0.7] * 10, base=[0.1] * 20))
+    assert not first["passed"] and "than base's beyond noise" in first["reasons"][0]
+    assert set(first["against"]) == {"base"} and first["against"]["base"]["measures"]["edit_distance"]["n"] == 20
+    assert check(evaluated([0.5] * 3))["passed"]
+    assert not check({}, evaluated([0.5] * 3))["passed"]
+    # A tolerance lets a small loss pass; None turns the measure off.
+    assert check(evaluated([0.32] * 20, base=[0.3] * 20), edit_distance=0.05)["passed"]
+    assert check(evaluated([0.9] * 20, base=[0.3] * 20), edit_distance=None)["passed"]
+
+
+def test_the_gate_compares_the_same_examples_when_production_was_evaluated_on_another_split() -> None:
+    """Production v1 was evaluated on an older snapshot's eval split (keys a*); the candidate on a newer one (keys
+    b*), with v1 generating on those same examples: the gate pairs on the candidate's examples, n = all of them."""
+    production = gate.Evaluated("v1", evaluated([0.2] * 12, prefix="a"), snapshot_id=1)
+    prod_on_b = [0.3 + 0.01 * (i % 4) for i in range(30)]
+    better = gate.Evaluated(
+        "v2", evaluated([d - 0.1 for d in prod_on_b], prefix="b", production=("v1", prod_on_b)), snapshot_id=2
+    )
+    verdict = gate.check(better, production)
+    comparison = verdict["against"]["production"]["measures"]["edit_distance"]
+    assert verdict["passed"] and verdict["examples"]["n"] == 30 and verdict["examples"]["snapshot_id"] == 2
+    assert comparison["n"] == 30 and comparison["paired"] and comparison["difference"] == pytest.approx(-0.1)
+    assert verdict["against"]["production"]["source"] == "v2's evaluation"
+    # Unpaired, the old gate saw 0.2 against 0.2-0.33 and called v2 worse; paired on the same prompts it is better.
+    worse = gate.Evaluated("v3", evaluated([d + 0.1 for d in prod_on_b], prefix="b", production=("v1", prod_on_b)))
+    assert "edit replay distance is higher than v1's" in gate.check(worse, production)["reasons"][0]
+
+    # Evaluated against an older production, on examples the new production never saw: refused, with the way out.
+    stale = gate.Evaluated("v4", evaluated([0.1] * 30, prefix="b", production=("v0", prod_on_b)))
+    verdict = gate.check(stale, production)
+    assert not verdict["passed"] and "production" not in verdict["against"]
+    assert "editloop adapters evaluate v4" in verdict["reasons"][0]
+
+
+def test_history_records_the_paired_verdict(db_url: str, tmp_path: Path) -> None:
+    pid = project(db_url)
+    good = publish(db_url, tmp_path, pid, evaluated([0.2] * 20, [1.0] * 20, base=[0.3] * 20))
+    collapsed = publish(db_url, tmp_path, pid, evaluated([0.9] * 20, [0.0] * 20, base=[0.3] * 20))
+    with session_scope(db_url) as session, pytest.raises(Conflict, match="than base's beyond noise"):
+        registry.promote(session, pid, collapsed, actor="x")  # no production yet: the base still judges it
+    with session_scope(db_url) as session:
+        event = registry.promote(session, pid, good, actor="x")
+        base = event.gate["against"]["base"]["measures"]
+        assert event.gate["passed"] and event.gate["examples"]["n"] == 20 and event.gate["examples"]["split"] == "eval"
+        assert base["edit_distance"]["difference"] == pytest.approx(-0.1) and base["edit_distance"]["low"] < 0
+        assert "vs base (n=20): edit_distance -0.100" in gate.summary(event.gate)

@@ -259,3 +259,31 @@ def test_the_scheduled_trigger_runs_the_pipeline_and_auto_promotes(
         production = registry.get_version(session, project_id, "production")
         assert production.id == run.version_ids[-1] and production.method == "sft"
         assert registry.history(session, project_id)[0].actor == f"pipeline run {run_id}"
+
+
+def test_a_version_is_evaluated_again_when_production_moved(sqlite_url: str, model_dir: Path, tmp_path: Path) -> None:
+    """v2 was trained before v1 became production, and v1's own evaluation covers only some of v2's eval examples:
+    the gate refuses to compare across prompts and names the command; `editloop adapters evaluate v2` (this service)
+    generates with v2, the base and v1 on v2's examples, and the gate then pairs on all of them."""
+    from trainers.reevaluate import evaluate_version
+
+    url = sqlite_url
+    settings = settings_for(url, tmp_path)
+    project_id = style_project(url, model_dir)
+    assert run_once(url, project_id, "sft", settings, **{**FAST, "eval_examples": 3}).status == "succeeded"
+    assert run_once(url, project_id, "sft", settings, **FAST).status == "succeeded"
+    with session_scope(url) as session:
+        registry.promote(session, project_id, "v1", actor="test", reason="first", force=True)
+    with session_scope(url) as session, pytest.raises(Conflict, match="editloop adapters evaluate v2"):
+        registry.promote(session, project_id, "v2", actor="test")
+
+    result = evaluate_version(url, project_id, "v2", "test")
+    assert (result["version"], result["production"], result["examples"]) == ("v2", "v1", 6)
+    with session_scope(url) as session:
+        try:
+            verdict = registry.promote(session, project_id, "v2", actor="test").gate
+        except registry.PromotionRefused as exc:  # on its merits: a random model's generations
+            verdict = exc.verdict
+    versus = verdict["against"]["production"]
+    assert versus["version"] == "v1" and versus["source"] == "v2's evaluation"
+    assert versus["measures"]["edit_distance"]["n"] == verdict["examples"]["n"] == 6

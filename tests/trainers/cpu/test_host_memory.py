@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core import host_memory
+from trainers.cpu import host_memory
 
 pytestmark = pytest.mark.skipif(host_memory._libc() is None, reason="Linux with glibc only")
 
@@ -60,7 +60,7 @@ def test_anonymous_memory_and_empty_tensors_are_not_asked_for() -> None:
 STEADY = textwrap.dedent(
     """
     import ctypes, resource, sys
-    from core import host_memory
+    from trainers.cpu import host_memory
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in
@@ -96,7 +96,7 @@ def test_a_steady_heap_serves_and_keeps_large_blocks_and_trims_at_the_end() -> N
     """Inside `steady_heap` a 16 MiB block comes from the heap (at glibc's start, a mapping of its own), stays there
     once freed, and its pages are reused without a fault; on exit the free memory goes back to the kernel. A
     subprocess: mallopt settings are process-wide."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run(
         [sys.executable, "-c", STEADY], cwd=root, capture_output=True, text=True, timeout=60, check=True
     )
