@@ -5,7 +5,7 @@ TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test test-fast test-ts test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-online-rl bench-deletion bench-console clean
+.PHONY: install demo serve test test-fast test-ts test-slow lint bench-ingest bench-pairs bench-dpo bench-serve bench-gateway bench-online-rl bench-deletion bench-console clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-dpo: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve.py
+
+bench-gateway: $(STAMP)
+	$(BIN)/python benchmarks/gateway.py
 
 bench-online-rl: $(STAMP)
 	$(BIN)/python benchmarks/online_rl.py

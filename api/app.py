@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # requests; CPython's default 5 ms turn made each transaction several times longer than its work.
             sys.setswitchinterval(0.001)
             yield  # on the way out, every request still waiting for its transaction is answered
+        gateway = getattr(app.state, "gateway", None)
+        if gateway is not None:
+            await gateway.aclose()  # the upstreams' connection pool
 
     app = Collector(
         title="editloop",

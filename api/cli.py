@@ -237,9 +237,9 @@ def projects_set(
 
 def _setting_sections() -> dict[str, Any]:
     from feedback.config import DatasetConfig
-    from trainers.config import ModelSettings
+    from trainers.config import ModelSettings, UpstreamSettings
 
-    return {"model": ModelSettings, "dataset": DatasetConfig}
+    return {"model": ModelSettings, "dataset": DatasetConfig, "upstream": UpstreamSettings}
 
 
 @projects_app.command("show")
@@ -317,6 +317,17 @@ def demo(
         typer.Option(help="A bootstrap output to use as the base (default: DATA_DIR/demo-model, built if absent)."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Where demo.json and demo.png go (default: DATA_DIR/demo).")] = None,
+    upstream: Annotated[
+        bool,
+        typer.Option(
+            "--upstream",
+            help="The switch from a rented model: a second OpenAI-compatible server plays it, serves round 0 as"
+            " production, and our adapters race it as canaries.",
+        ),
+    ] = False,
+    upstream_model: Annotated[
+        Path | None, typer.Option(help="With --upstream: a bootstrap output for the rented model (default: the base).")
+    ] = None,
 ) -> None:
     """The whole loop on the embedded default, no server to start: bootstrap a tiny code model, serve it through the
     gateway to simulated editor users over HTTP, and let their accepts, edits and rejects train it for a few rounds
@@ -342,6 +353,8 @@ def demo(
         seed=seed,
         model_dir=model,
         out_dir=out,
+        upstream=upstream,
+        upstream_model=upstream_model,
     )
 
 

@@ -398,6 +398,14 @@ def adapters_metrics(
     table.add_row("acceptance rate", _rate(m["acceptance_rate"]))
     table.add_row("edit rate", _rate(m["edit_rate"]))
     table.add_row("edit distance", _mean(m["edit_distance"]))
+    latency, cost = m["latency_ms"], m["cost"]
+
+    def shown(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    table.add_row("latency p50 / p95 (ms)", f"{shown(latency['p50'], '.1f')} / {shown(latency['p95'], '.1f')}")
+    table.add_row("cost per 1k generations", shown(cost["per_1k_generations"], ".4f"))
+    table.add_row("cost per accepted", shown(cost["per_accepted"], ".6f"))
     console.print(table)
 
 

@@ -15,6 +15,8 @@ from core.errors import (
     PayloadTooLarge,
     PermissionDenied,
     Unauthenticated,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 
 STATUS: list[tuple[type[EditloopError], int]] = [
@@ -25,6 +27,8 @@ STATUS: list[tuple[type[EditloopError], int]] = [
     (PermissionDenied, 403),
     (NotFound, 404),
     (Conflict, 409),
+    (UpstreamTimeout, 504),
+    (UpstreamUnavailable, 502),
 ]
 
 

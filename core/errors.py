@@ -39,3 +39,15 @@ class MalformedBody(InvalidInput):
     """The body is not JSON (or not UTF-8): nothing in it can be read."""
 
     code = "invalid_json"
+
+
+class UpstreamUnavailable(EditloopError):
+    """The project's upstream provider failed (refused, errored or dropped the connection) after its retries."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    """The project's upstream provider did not answer in time."""
+
+    code = "upstream_timeout"

@@ -126,6 +126,18 @@ class Settings(BaseSettings):
         " same path as here.",
     )
     vllm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one call to the vLLM server.")
+    # A project's upstream (the rented OpenAI-compatible model, project settings `upstream.*`).
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Timeout of connecting to an upstream.")
+    upstream_read_timeout_s: float = Field(
+        60.0, gt=0, description="Longest wait for an upstream's answer, or for its next streamed byte."
+    )
+    upstream_retries: int = Field(
+        2, ge=0, description="Retries of an upstream call on 429, 5xx or a connection error (never once streaming)."
+    )
+    upstream_retry_max_wait_s: float = Field(
+        10.0, ge=0, description="Longest wait before a retry (an upstream's Retry-After above it is not retried)."
+    )
+    upstream_max_connections: int = Field(100, ge=1, description="Connections per process to all upstreams.")
     metrics_token: str | None = Field(
         None, description="Bearer token that GET /metrics requires; unset: /metrics answers loopback callers only."
     )

@@ -85,8 +85,11 @@ class Phase:
 class Editors:
     """Simulated editor users: they ask the gateway for code and post what they did with it."""
 
-    def __init__(self, base_url: str, key: str, taste: Taste, users: int, seed: int, max_tokens: int) -> None:
+    def __init__(
+        self, base_url: str, key: str, taste: Taste, users: int, seed: int, max_tokens: int, names: int = 1
+    ) -> None:
         self.base_url, self.key, self.taste, self.users = base_url, key, taste, users
+        self.names = names  # user names per worker thread: more names spread a canary's per-user draw wider
         self.max_tokens = max_tokens
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -141,8 +144,9 @@ class Editors:
         def user_session(u: int) -> None:
             headers = {"Authorization": f"Bearer {self.key}"}
             with httpx.Client(base_url=self.base_url, headers=headers, timeout=120) as client:
-                for _ in range(shares[u]):
-                    self.one(client, f"user-{u}", phase.asked, phase)
+                for i in range(shares[u]):
+                    name = f"user-{u}" if self.names == 1 else f"user-{u}-{i % self.names}"
+                    self.one(client, name, phase.asked, phase)
                     progress.advance(task)
 
         with ThreadPoolExecutor(self.users) as pool:

@@ -10,6 +10,7 @@ acceptance rate, the mean edit distance and the reward model's accuracy, and wri
 The taste is pluggable: a built-in name (`demo.tastes.TASTES`) or `module:function`, any function from code to
 edited code."""
 
+import contextlib
 import json
 import os
 import threading
@@ -25,11 +26,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.cli_common import ready_schema
 from core.db import session_scope
 from core.projects import Role, create_key, create_project
 from core.settings import Settings
 from demo.editors import Editors, Phase
 from demo.tastes import load_taste
+from demo.upstream import (
+    CANARY,
+    OWN_PRICE_PER_MTOK,
+    canary_tick,
+    per_target,
+    rented_project,
+    rented_settings,
+    start_on_upstream,
+    upstream_settings,
+)
 from trainers.gate import summary as gate_summary
 
 # The loop the demo runs after each round: the scheduled pipeline's config, sized for a 2-core machine. The reward
@@ -139,6 +151,7 @@ def train_round(
         "verdict": gate_summary(promotion.get("gate") or {}),
         "reason": promotion.get("reason"),
         "production": (versions.get("aliases") or {}).get("production"),
+        "canary": (versions.get("aliases") or {}).get("canary"),
     }
 
 
@@ -191,6 +204,36 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_targets(report: dict[str, Any], path: Path) -> None:
+    """--upstream: acceptance, latency p50 and cost per accepted generation of each target, per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("acceptance", "acceptance rate"),
+        ("latency_p50_ms", "latency p50 (ms)"),
+        ("cost_per_accepted", "cost per accepted generation"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    targets = sorted({t for r in report["rounds"] for t in r.get("targets", {})}, key=lambda t: (t != "upstream", t))
+    for ax, (field, title) in zip(axes, panels, strict=True):
+        for target in targets:
+            points = [(r["round"], r["targets"][target][field]) for r in report["rounds"] if target in r["targets"]]
+            points = [(x, y) for x, y in points if y is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], "o-", label=target)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.set_xticks([r["round"] for r in report["rounds"]])
+        if field == "cost_per_accepted":
+            ax.set_yscale("log")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def quiet_libraries() -> None:
     """The demo draws its own progress bars: keep the libraries' tqdm bars and load reports off the terminal."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm >= 4.66 reads its defaults from TQDM_* variables
@@ -209,8 +252,11 @@ def run_demo(
     seed: int = 0,
     model_dir: Path | None = None,
     out_dir: Path | None = None,
+    upstream: bool = False,
+    upstream_model: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the loop and return the report (also written to OUT/demo.json and OUT/demo.png)."""
+    """Run the loop and return the report (also written to OUT/demo.json and OUT/demo.png). With `upstream`, a
+    second server plays the rented model the team starts on (demo/upstream.py)."""
     from ml.environment import set_threads
 
     taste_name, taste_fn = load_taste(taste)
@@ -222,13 +268,6 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     name = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
-    with session_scope(settings.sqlalchemy_url) as session:
-        project = create_project(session, name)
-        project.settings = {"model": {"base_model": str(model.resolve()), "auto_promote": "production"}}
-        project_id = project.id
-        _, ingest_key = create_key(session, project, Role.ingest)
-        _, admin_key = create_key(session, project, Role.admin)
-
     report: dict[str, Any] = {
         "project": name,
         "taste": taste_name,
@@ -236,41 +275,73 @@ def run_demo(
         "rounds": [],
         "pipeline": DEMO_PIPELINE,
     }
-    with Service(settings) as base_url:
+    with contextlib.ExitStack() as stack:
+        model_settings: dict[str, Any] = {"base_model": str(model.resolve()), "auto_promote": "production"}
+        project_settings: dict[str, Any] = {"model": model_settings}
+        if upstream:
+            rented = rented_settings(out_dir)
+            ready_schema(rented)
+            rented_project(rented, upstream_model or model)
+            rented_url = stack.enter_context(Service(rented))
+            console.print(f"the rented model: an OpenAI-compatible server on {rented_url} ({upstream_model or model})")
+            model_settings.update(CANARY, price_per_mtok=OWN_PRICE_PER_MTOK)
+            project_settings["upstream"] = upstream_settings(rented_url)
+            report["upstream"] = project_settings["upstream"]
+        with session_scope(settings.sqlalchemy_url) as session:
+            project = create_project(session, name)
+            project.settings = project_settings
+            project_id = project.id
+            _, ingest_key = create_key(session, project, Role.ingest)
+            _, admin_key = create_key(session, project, Role.admin)
+            if upstream:
+                start_on_upstream(session, project_id)
+        base_url = stack.enter_context(Service(settings))
         console.print(f"service on {base_url}: project [bold]{name}[/bold], taste [bold]{taste_name}[/bold]")
-        editors = Editors(base_url, ingest_key, taste_fn, users, seed, max_tokens)
-        admin = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60)
-        with admin:
-            production = None  # the editors ask for production once a version holds the alias, the base until then
-            for round_ in range(rounds + 1):
-                phase = Phase(round_, "production" if production else "base")
-                since = datetime.now(UTC).isoformat()
-                columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-                with Progress(*columns, console=console, transient=True) as progress:
-                    editors.run(phase, requests, progress)
-                for served in phase.served:
-                    got = admin.get(f"/v1/adapters/{served}/metrics", params={"since": since})
-                    if got.status_code == 200:
-                        phase.service[served] = got.json()
-                if len(phase.service) == 1:
-                    phase.service = next(iter(phase.service.values()))
-                entry = phase.summary()
-                console.print(_phase_line(entry))
-                if round_ < rounds:
-                    entry["training"] = train_round(settings, project_id, admin, console, round_ + 1)
-                    production = entry["training"]["production"]
-                    console.print(_training_line(entry["training"]))
-                report["rounds"].append(entry)
+        names = 16 if upstream else 1
+        editors = Editors(base_url, ingest_key, taste_fn, users, seed, max_tokens, names)
+        admin = stack.enter_context(
+            httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60)
+        )
+        production = "upstream" if upstream else None  # the editors ask for production once it serves something
+        for round_ in range(rounds + 1):
+            phase = Phase(round_, "production" if production else "base")
+            since = datetime.now(UTC).isoformat()
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console, transient=True) as progress:
+                editors.run(phase, requests, progress)
+            for served in phase.served:
+                got = admin.get(f"/v1/adapters/{served}/metrics", params={"since": since})
+                if got.status_code == 200:
+                    phase.service[served] = got.json()
+            if len(phase.service) == 1:
+                phase.service = next(iter(phase.service.values()))
+            entry = phase.summary()
+            console.print(_phase_line(entry))
+            if upstream:
+                entry["targets"] = per_target(admin, phase.served, since)
+                entry["canary_policy"] = canary_tick(settings, project_id)
+                console.print(_targets_line(entry))
+            if round_ < rounds:
+                entry["training"] = train_round(settings, project_id, admin, console, round_ + 1)
+                production = entry["training"]["production"]
+                console.print(_training_line(entry["training"]))
+            report["rounds"].append(entry)
     first, last = report["rounds"][0], report["rounds"][-1]
     report["acceptance_gain_points"] = round(100 * (last["acceptance_rate"] - first["acceptance_rate"]), 1)
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out_dir / "demo.json").write_text(json.dumps(report, indent=2, default=str))
     plot(report, out_dir / "demo.png")
     _table(report, console)
-    console.print(f"acceptance rate: {100 * first['acceptance_rate']:.0f}% with the base model, "
+    if upstream:
+        _targets_table(report, console)
+        plot_targets(report, out_dir / "demo-targets.png")
+    start = "the upstream" if upstream else "the base model"
+    console.print(f"acceptance rate: {100 * first['acceptance_rate']:.0f}% with {start}, "
                   f"{100 * last['acceptance_rate']:.0f}% after {rounds} rounds "
                   f"({report['acceptance_gain_points']:+.0f} points) in {report['seconds']:.0f} s")  # fmt: skip
     console.print(f"report: {out_dir / 'demo.json'}   plot: {out_dir / 'demo.png'}")
+    if upstream:
+        console.print(f"per target: {out_dir / 'demo-targets.png'}")
     return report
 
 
@@ -287,7 +358,9 @@ def _phase_line(entry: dict[str, Any]) -> str:
 
 def _training_line(training: dict[str, Any]) -> str:
     accuracy = training["reward_accuracy"]
-    if training["promoted"]:
+    if training["promoted"] and training.get("canary"):
+        promoted = f"{training['canary']} entered as the canary against {training['production']}"
+    elif training["promoted"]:
         promoted = f"promoted {training['production']} to production"
     else:
         kept = training["production"] or "the base"
@@ -316,4 +389,38 @@ def _table(report: dict[str, Any], console: Console) -> None:
             str(entry["rejected"]),
             f"{accuracy:.2f}" if accuracy is not None else "-",
         )
+    console.print(table)
+
+
+def _money(value: float | None) -> str:
+    return f"{value:.3g}" if value is not None else "-"
+
+
+def _targets_line(entry: dict[str, Any]) -> str:
+    parts = [
+        f"{t}: accepted {100 * (m['acceptance'] or 0):.0f}%, p50 {m['latency_p50_ms'] or 0:.0f} ms, "
+        f"{_money(m['cost_per_accepted'])} per accepted"
+        for t, m in entry["targets"].items()
+    ]
+    decision = entry["canary_policy"]
+    return f"  per target: {'; '.join(parts)}; canary policy: {decision['action']} ({decision['reason'][:120]})"
+
+
+def _targets_table(report: dict[str, Any], console: Console) -> None:
+    table = Table(
+        "round", "target", "served", "acceptance", "p50 ms", "p95 ms", "cost / 1k", "cost / accepted", "canary policy"
+    )
+    for entry in report["rounds"]:
+        for target, m in (entry.get("targets") or {}).items():
+            table.add_row(
+                str(entry["round"]),
+                target,
+                str(m["served"]),
+                f"{100 * m['acceptance']:.0f}%" if m["acceptance"] is not None else "-",
+                f"{m['latency_p50_ms']:.0f}" if m["latency_p50_ms"] is not None else "-",
+                f"{m['latency_p95_ms']:.0f}" if m["latency_p95_ms"] is not None else "-",
+                _money(m["cost_per_1k"]),
+                _money(m["cost_per_accepted"]),
+                entry["canary_policy"]["action"],
+            )
     console.print(table)

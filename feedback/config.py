@@ -23,6 +23,9 @@ class DatasetConfig(BaseModel):
     check_python_syntax: bool = Field(
         True, description="Drop a Python edit that breaks syntax the model had right (flagged in the report)."
     )
+    distill_upstream: bool = Field(
+        True, description="Accepted generations of the upstream (the rented model) become SFT rows: distillation."
+    )
     split_by: Literal["time", "user"] = Field("time", description="time: the newest prompts are eval; user: by user.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of prompt groups held out for evaluation.")
     retrain_min_new_rows: int = Field(

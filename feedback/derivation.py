@@ -7,6 +7,9 @@ What a generation yields (from its join row and its prompt group alone, so never
 - `sft` `sft:{gid}`: prompt -> the user's final text, for edits only. Accepted completions are the model's own
   output: SFT on them is self-distillation, which reinforces the model's habits and would outnumber the edits;
   their signal goes into KTO (label true) and choice pairs instead.
+- `sft` `sft:accepted:{gid}`: prompt -> the completion, for accepted generations of the upstream (the rented model,
+  `model` = `upstream`) when `distill_upstream` is on: what users kept of another model's code is not our model's
+  habit but what we want to learn from it (distillation).
 - `kto` `kto:final:{gid}`: the user's final text, label true (edited).
 - `kto` `kto:completion:{gid}`: the model's completion, one row per generation (one row per text), labelled by the
   strongest signal: an explicit rating (score > 0 true, < 0 false; 0 says nothing) over the edit (false; true for
@@ -68,9 +71,11 @@ GATES = (
     "trivial_pair",
 )
 PAIRS_PER_ACCEPTED = 4
+UPSTREAM = "upstream"  # the model name of the rented model's generations (serving/gateway)
 # Bump when a change here changes the rows that feedback yields: the next build of each project re-derives all.
 # 2: one is_python for the project (language "py"/"python3" and .pyw count; a language id beats the suffix).
-DERIVATION_VERSION = 2
+# 3: accepted upstream generations make sft rows (distill_upstream).
+DERIVATION_VERSION = 3
 # The DatasetConfig fields the rows depend on (the others choose splits and schedules).
 GATE_FIELDS = frozenset(
     {
@@ -80,6 +85,7 @@ GATE_FIELDS = frozenset(
         "max_chars",
         "near_duplicate_similarity",
         "check_python_syntax",
+        "distill_upstream",
     }
 )
 
@@ -100,6 +106,7 @@ class Gen(NamedTuple):
     language: str | None
     file_path: str | None
     user: str | None
+    model: str | None
     excluded: bool
     shown_at: datetime
     shown_event_id: Any
@@ -312,11 +319,13 @@ class _Rules:
             if gate:
                 gates[gate] += 1
                 continue
+            events = _events((g.shown_event_id, g.shown_at), p.signal)
             if fresh(("kto", p.label), completion):
-                events = _events((g.shown_event_id, g.shown_at), p.signal)
                 rows.append(_row("kto", f"kto:completion:{gid}", g, events, completion=completion, label=p.label))
             if g.outcome == "accepted" and p.label:
                 accepted.append(p)
+                if self.config.distill_upstream and g.model == UPSTREAM and fresh(("sft", None), completion):
+                    rows.append(_row("sft", f"sft:accepted:{gid}", g, events, completion=completion))
             elif g.outcome == "rejected" and not p.label:
                 rejected.append(p)
         if accepted and rejected:

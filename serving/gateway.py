@@ -1,5 +1,6 @@
-"""The gateway: which model a request gets (an alias, a version or the base; `canary` taking its share of
-`production`), the backend that generates it, and the `generation` event that records it.
+"""The gateway: which model a request gets (an alias, a version, the base or the project's upstream; `canary` taking
+its share of `production`), the backend that generates it, and the `generation` event that records it, with its
+tokens, latency and cost.
 
 The alias is resolved on every request, so a promotion is served from the next request on, without a restart; the
 backend loads the new version on first use. The event is stored through the same path as the editors' own events
@@ -21,13 +22,16 @@ from core.errors import InvalidInput, NotFound
 from core.projects import Project
 from core.settings import Settings
 from serving.backend import Adapter, Backend, Params, Result, Target
+from serving.cost import own_cost, upstream_cost
 from serving.schemas import ChatRequest, CompletionRequest, ModelCard, ModelList
+from serving.upstream import Upstream
 from trainers import registry
 from trainers.canary import canary_share
-from trainers.config import model_settings
+from trainers.config import ModelSettings, UpstreamSettings, model_settings, upstream_settings
 from trainers.models import AdapterVersion
 
 BASE = "base"
+UPSTREAM = registry.UPSTREAM
 RECORDED_METADATA = ("file_path", "language", "session")  # request metadata that fills the generation's own fields
 
 
@@ -35,8 +39,14 @@ RECORDED_METADATA = ("file_path", "language", "session")  # request metadata tha
 class Resolved:
     requested: str  # what the request asked for: production, canary, v3, base
     alias: str | None  # the alias that served it, if any (canary when canary took a production request)
-    served: str  # the version name, or `base`
-    target: Target
+    served: str  # the version name, `base` or `upstream`
+    target: Target | None  # None: the upstream serves it
+    model: ModelSettings  # the project's, for the own model's price
+    upstream: UpstreamSettings  # the project's (its prices, and its fallback when it serves)
+
+    @property
+    def by_upstream(self) -> bool:
+        return self.target is None
 
 
 def canary_draw(user: str | None, canary: str, share: float, rng: random.Random | None = None) -> bool:
@@ -71,6 +81,18 @@ class Gateway:
         self._backend = backend
         self._lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None
+        self._upstream: Upstream | None = None
+
+    async def aclose(self) -> None:
+        if self._upstream is not None:
+            await self._upstream.aclose()
+
+    @property
+    def upstream(self) -> Upstream:
+        """The client of every project's upstream: one connection pool per process."""
+        if self._upstream is None:
+            self._upstream = Upstream(self.settings)
+        return self._upstream
 
     def limiter(self) -> anyio.CapacityLimiter:
         """Generations in flight in worker threads; made in the event loop that uses it."""
@@ -97,10 +119,16 @@ class Gateway:
         if project is None:
             raise NotFound(f"project {project_id} does not exist")
         settings = model_settings(project.settings)
+        upstream = upstream_settings(project.settings)
+        if model == UPSTREAM:
+            if not upstream.configured:
+                raise InvalidInput("model: `upstream` needs the project's settings upstream.url and upstream.model")
+            return Resolved(model, None, UPSTREAM, None, settings, upstream)
         if model == BASE:
             if not settings.base_model:
                 raise InvalidInput("model: `base` needs the project's settings.model.base_model")
-            return Resolved(model, None, BASE, Target(settings.base_model, settings.base_revision, None))
+            target = Target(settings.base_model, settings.base_revision, None)
+            return Resolved(model, None, BASE, target, settings, upstream)
         alias: str | None = model if model in registry.ALIASES else None
         try:
             version = registry.get_version(session, project_id, model)
@@ -112,15 +140,32 @@ class Gateway:
                 share = canary_share(session, project_id, canary.name, settings)
                 if canary_draw(user, canary.name, share):
                     version, alias = canary, "canary"
+        if version.kind == UPSTREAM:
+            if not upstream.configured:
+                raise InvalidInput(f"model: {model} points at the upstream, which the project no longer names")
+            return Resolved(model, alias, UPSTREAM, None, settings, upstream)
         if version.kind != "policy":
             raise InvalidInput(f"model: {version.name} is a {version.kind} model; only policy adapters generate")
-        return Resolved(model, alias, version.name, _target(version))
+        return Resolved(model, alias, version.name, _target(version), settings, upstream)
+
+    def fallback(self, session: Session, project_id: int, resolved: Resolved, user: str | None) -> Resolved | None:
+        """What serves a request the upstream failed: the project's `upstream.fallback`, if it names one of our
+        own models (never the upstream again)."""
+        ref = resolved.upstream.fallback
+        if not ref:
+            return None
+        found = self.resolve(session, project_id, ref, user)
+        return None if found.by_upstream else found
 
     def models(self, session: Session, project_id: int) -> ModelList:
         project = session.get(Project, project_id)
         settings = model_settings(project.settings if project is not None else None)
         versions = registry.list_versions(session, project_id, kind="policy")
         by_id = {v.id: v for v in versions}
+        upstream = upstream_settings(project.settings if project is not None else None)
+        if upstream.configured:
+            by_id.update({v.id: v for v in registry.list_versions(session, project_id, kind=UPSTREAM)})
+        created = int(project.created_at.timestamp()) if project else 0
         cards: list[ModelCard] = []
         for alias, version_id in sorted(registry.aliases(session, project_id).items()):
             version = by_id.get(version_id)
@@ -128,7 +173,9 @@ class Gateway:
                 cards.append(ModelCard(id=alias, created=int(version.created_at.timestamp()), root=version.name))
         cards += [ModelCard(id=v.name, created=int(v.created_at.timestamp()), root=v.name) for v in versions]
         if settings.base_model:
-            cards.append(ModelCard(id=BASE, created=int(project.created_at.timestamp()) if project else 0, root=BASE))
+            cards.append(ModelCard(id=BASE, created=created, root=BASE))
+        if upstream.configured:
+            cards.append(ModelCard(id=UPSTREAM, created=created, owned_by="upstream", root=upstream.model))
         return ModelList(data=cards)
 
     def params(self, request: CompletionRequest | ChatRequest) -> Params:
@@ -163,9 +210,22 @@ class Gateway:
         resolved: Resolved,
         result: Result,
         latency_ms: float,
+        provider_model: str | None = None,
+        fallback_from: str | None = None,
     ) -> dict[str, Any]:
-        """The `generation` event that records a served completion: `model` is the version that produced it."""
+        """The `generation` event that records a served completion: `model` is the version that produced it (or
+        `upstream`, with the provider's model name), with its tokens, latency and cost."""
         extra = request.metadata or {}
+        cost: float | None
+        if resolved.by_upstream:
+            cost = upstream_cost(resolved.upstream, result.prompt_tokens, result.completion_tokens)
+        else:
+            cost = own_cost(resolved.model, result.prompt_tokens, result.completion_tokens)
+        recorded: dict[str, Any] = {"cost": cost}
+        if resolved.by_upstream:
+            recorded["provider_model"] = provider_model or resolved.upstream.model
+        if fallback_from is not None:
+            recorded["fallback_from"] = fallback_from
         event: dict[str, Any] = {
             "event_id": f"gateway:{generation_id}",
             "type": "generation",
@@ -180,10 +240,11 @@ class Gateway:
                     "requested": resolved.requested,
                     "alias": resolved.alias,
                     "version": resolved.served,
-                    "backend": self.backend.name,
+                    "backend": UPSTREAM if resolved.by_upstream else self.backend.name,
                     "finish_reason": result.finish_reason,
                     "prompt_tokens": result.prompt_tokens,
                     "completion_tokens": result.completion_tokens,
+                    **recorded,
                 },
                 **{k: v for k, v in extra.items() if k not in RECORDED_METADATA and k != "gateway"},
             },

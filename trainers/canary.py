@@ -226,8 +226,8 @@ def _mean_interval(values: list[float]) -> dict[str, Any]:
 def served_model_name(session: Session, project_id: int, ref: str) -> str:
     """The model name that generations carry for `ref`: a version name, an alias (production, canary) or `base`.
     NotFound names the ref."""
-    if ref == BASE:
-        return BASE
+    if ref in (BASE, registry.UPSTREAM):
+        return ref
     return registry.get_version(session, project_id, ref).name
 
 
@@ -260,6 +260,14 @@ def version_metrics(
     served, with_feedback, accepted, edited, rejected = (int(x) for x in row)
     edited_rows = select(Generation.edit_distance).where(*scope, Generation.outcome == "edited")
     distances = [float(d) for d in session.scalars(edited_rows) if d is not None]
+    latencies: list[float] = []
+    costs: list[float] = []
+    for latency, meta in session.execute(select(Generation.latency_ms, Generation.meta).where(*scope)):
+        if latency is not None:
+            latencies.append(float(latency))
+        cost = ((meta or {}).get("gateway") or {}).get("cost")
+        if isinstance(cost, int | float):
+            costs.append(float(cost))
     return {
         "ref": ref,
         "model": model,
@@ -272,7 +280,35 @@ def version_metrics(
         "acceptance_rate": wilson(accepted, with_feedback),
         "edit_rate": wilson(edited, with_feedback),
         "edit_distance": _mean_interval(distances),
+        "latency_ms": _latency(latencies),
+        "cost": _cost(costs, served, accepted),
         "distances": distances,
+    }
+
+
+def _latency(values: list[float]) -> dict[str, Any]:
+    """Nearest-rank percentiles of the gateway's latency (request to recorded answer), in milliseconds."""
+    ordered = sorted(values)
+
+    def rank(q: float) -> float | None:
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] if ordered else None
+
+    return {"n": len(ordered), "p50": rank(0.50), "p95": rank(0.95)}
+
+
+def _cost(costs: list[float], served: int, accepted: int) -> dict[str, Any]:
+    """Cost per 1,000 generations (over those with a known cost) and per accepted generation (all the target's
+    spend over what was kept: the price of one generation a user accepted). None where no price is set."""
+    if not costs:
+        return {"priced": 0, "total": None, "per_1k_generations": None, "per_accepted": None}
+    total = sum(costs)
+    # generations without a recorded cost (served before a price was set) are counted at the priced mean
+    spend = total / len(costs) * max(served, len(costs))
+    return {
+        "priced": len(costs),
+        "total": total,
+        "per_1k_generations": total / len(costs) * 1000,
+        "per_accepted": spend / accepted if accepted else None,
     }
 
 

@@ -296,6 +296,39 @@ class ModelSettings(BaseModel):
         description="When a deletion removes data a version learned from: flag the version, or also queue a pipeline"
         " run on the redacted snapshot (promoted through the gate as usual).",
     )
+    price_per_mtok: float | None = Field(
+        None, ge=0, description="Cost of serving your own model per million tokens (e.g. GPU cost / throughput)."
+    )
+
+
+class UpstreamSettings(BaseModel):
+    """The rented model a project may put editloop in front of (project.settings["upstream"]): any OpenAI-compatible
+    provider. The key is never stored: `api_key_env` names the serving process's environment variable holding it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(None, description="The provider's base URL, ending in /v1.")
+    model: str | None = Field(None, description="The provider's model name.")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable of the server holding the key."
+    )
+    price_input_per_mtok: float = Field(0.0, ge=0, description="Price per million prompt tokens.")
+    price_output_per_mtok: float = Field(0.0, ge=0, description="Price per million completion tokens.")
+    fallback: str | None = Field(
+        None, description="What serves a request while the upstream is down: an alias, a version or `base`."
+    )
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url and self.model)
+
+
+def upstream_settings(settings: dict[str, Any] | None) -> UpstreamSettings:
+    try:
+        return UpstreamSettings.model_validate((settings or {}).get("upstream", {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"settings.upstream.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
 def model_settings(settings: dict[str, Any] | None) -> ModelSettings:

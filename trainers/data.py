@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
+from feedback import texts
 from feedback.models import Generation
 from feedback.snapshots import FAMILIES, get_snapshot, snapshot_records
 from feedback.syntax import is_python
@@ -60,3 +61,41 @@ def as_text(records: list[dict[str, Any]], tokenizer: Any, fields: tuple[str, ..
             row[field] = value
         out.append(row)
     return out
+
+
+def upstream_completions(session: Session, project_id: int, records: list[dict[str, Any]]) -> dict[str, str]:
+    """For each record (by `editloop_source_key`), the latest completion the project's upstream was logged giving for
+    the same prompt (same prompt hash as the record's generation), where one exists: the rented model's answer on a
+    held-out prompt, compared at no extra API spend."""
+    first = {
+        r["editloop_source_key"]: r["editloop_generation_ids"][0] for r in records if r.get("editloop_generation_ids")
+    }
+    hashes: dict[str, str] = {}
+    ids = sorted(set(first.values()))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        query = select(Generation.generation_id, Generation.prompt_hash).where(
+            tuple_(Generation.project_id, Generation.generation_id).in_([(project_id, g) for g in chunk])
+        )
+        hashes.update({gid: h for gid, h in session.execute(query) if h is not None})
+    wanted = sorted(set(hashes.values()))
+    latest: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        query = (
+            texts.select_with_code(
+                Generation.prompt_hash, Generation.excluded, Generation.decision, Generation.edited_event_pk
+            )
+            .where(
+                Generation.project_id == project_id,
+                Generation.model == "upstream",
+                Generation.prompt_hash.in_(wanted[start : start + 500]),
+            )
+            .order_by(Generation.shown_at)
+        )
+        for row in session.execute(query):
+            values: tuple[Any, ...] = tuple(row)
+            prompt_hash, excluded, decision, edited_pk = values[:4]
+            completion = texts.code(excluded, decision, edited_pk is not None, *values[4:]).get("completion")
+            if isinstance(completion, str):
+                latest[prompt_hash] = completion  # ordered by time: the latest wins
+    return {key: latest[hashes[gid]] for key, gid in first.items() if hashes.get(gid) in latest}

@@ -19,6 +19,7 @@ def evaluate_policy(
     max_new_tokens: int,
     production: tuple[str, Path] | None,
     score: Callable[[Sequence[str], Sequence[str]], list[float]] | None = None,
+    upstream: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Implicit-reward accuracy on held-out pairs; edit replay on held-out prompts (what the user finally kept)
     against the base and the production adapter, with intervals; parse rate of the Python generations; the
@@ -27,7 +28,10 @@ def evaluate_policy(
     them on the same examples.
     `replay` rows: prompt, completion (the user's final code), editloop_source_key, editloop_python.
     `score(prompts, completions)`: a reward model (online RL's), which then also scores every system's greedy
-    generations on the held-out prompts (`reward_model_score`, candidate minus the others paired per prompt)."""
+    generations on the held-out prompts (`reward_model_score`, candidate minus the others paired per prompt).
+    `upstream`: the upstream's logged completion per replay row (by source key), where one exists; the candidate is
+    replayed against it on those rows (`edit_replay_vs_upstream`), so a version says whether it beats the rented
+    model, not only our base."""
     out: dict[str, Any] = {"examples": {"pairs": len(pairs), "replay": len(replay)}}
     if pairs:
         out["implicit_reward"] = metrics.implicit_reward_accuracy(
@@ -72,6 +76,18 @@ def evaluate_policy(
     out["edit_replay_vs"] = metrics.compare_replay(
         scored["candidate"], {k: v for k, v in scored.items() if k != "candidate"}
     )
+    upstream = upstream or {}
+    logged = [i for i, r in enumerate(replay) if r["editloop_source_key"] in upstream]
+    if logged:
+        rented = [upstream[replay[i]["editloop_source_key"]] for i in logged]
+        kept = [finals[i] for i in logged]
+        ours = metrics.edit_replay([generated["candidate"][i] for i in logged], kept)
+        theirs = metrics.edit_replay(rented, kept)
+        out["edit_replay_upstream"] = {k: v for k, v in theirs.items() if k != "distances"}
+        out["edit_replay_vs_upstream"] = {
+            "n": len(logged),
+            **metrics.compare_replay(ours, {"upstream": theirs})["upstream"],
+        }
     python = [i for i, r in enumerate(replay) if r.get("editloop_python")]
     flags = {system: [metrics.parses(texts[i]) for i in python] for system, texts in generated.items()}
     out["parse_rate"] = {system: {"rate": sum(f) / len(f) if f else None, "n": len(f)} for system, f in flags.items()}
@@ -85,6 +101,10 @@ def evaluate_policy(
                 entry[f"{prefix}{name}"] = values[i]
             if row.get("editloop_python"):
                 entry[f"{prefix}parses"] = 1.0 if metrics.parses(generated[system][i]) else 0.0
+        if row["editloop_source_key"] in (upstream or {}):
+            entry["upstream_distance"] = metrics.normalized_edit_distance(
+                upstream[row["editloop_source_key"]], finals[i]
+            )
         per_example.append(entry)
     if score is not None:
         rewarded = {system: [float(x) for x in score(prompts, texts)] for system, texts in generated.items()}

@@ -25,7 +25,7 @@ from rewards.evaluation import evaluate_reward_model
 from rewards.functions import RewardModelScore, load_reward_model
 from trainers import registry
 from trainers.config import PipelineRunConfig, model_settings, run_config
-from trainers.data import as_text, load_rows
+from trainers.data import as_text, load_rows, upstream_completions
 from trainers.evaluate_version import evaluate_policy
 from trainers.methods import dpo, kto, online, sft
 from trainers.models import AdapterVersion, TrainingRun
@@ -179,6 +179,7 @@ def _policy(ctx: RunContext, kind: str, config: Any) -> tuple[int, dict[str, Any
         max_new_tokens=config.eval_max_new_tokens,
         production=production,
         score=extra.get("reward_model"),
+        upstream=_upstream_completions(ctx, replay),
     )
     staging = staging_for(ctx.settings, ctx.run_id, "policy")
     trained.model.save_pretrained(str(staging))
@@ -242,7 +243,10 @@ def _replay_rows(ctx: RunContext, tokenizer: Any, limit: int) -> list[dict[str, 
     """Held-out prompts and what the user finally kept for them (the eval split's SFT rows)."""
     rows = _rows(ctx, "sft", "eval", limit)
     fields = ("prompt", "completion", "editloop_source_key", "editloop_python")
-    return as_text(rows, tokenizer, fields)
+    out = as_text(rows, tokenizer, fields)
+    for text, row in zip(out, rows, strict=True):  # to find the upstream's logged answer to the same prompt
+        text["editloop_generation_ids"] = row["editloop_generation_ids"]
+    return out
 
 
 def _start(ctx: RunContext, config: Any, kind: str) -> tuple[Any, str | None]:
@@ -256,6 +260,8 @@ def _start(ctx: RunContext, config: Any, kind: str) -> tuple[Any, str | None]:
             if kind == "policy"
             else registry.latest(session, ctx.project_id, "reward")
         )
+        if parent is not None and parent.kind == registry.UPSTREAM:
+            return None, None  # production is the rented model: there is no adapter of ours to continue
         if parent is None:
             what = "production adapter" if kind == "policy" else "reward model version"
             raise InvalidInput(f"config.start_from: 'production' but the project has no {what} yet")
@@ -264,11 +270,20 @@ def _start(ctx: RunContext, config: Any, kind: str) -> tuple[Any, str | None]:
 
 
 def _production_version(ctx: RunContext) -> tuple[str, Path] | None:
+    """Production's adapter, to replay against; None when none is production or the upstream is (see
+    _upstream_completions for that comparison)."""
     with session_scope(ctx.url) as session:
         production = registry.alias_version(session, ctx.project_id, "production")
-        if production is None:
+        if production is None or production.kind == registry.UPSTREAM:
             return None
         return production.name, registry.verified_path(production)
+
+
+def _upstream_completions(ctx: RunContext, replay: list[dict[str, Any]]) -> dict[str, str] | None:
+    if not replay:
+        return None
+    with session_scope(ctx.url) as session:
+        return upstream_completions(session, ctx.project_id, replay) or None
 
 
 def _register(ctx: RunContext, staging: Path, kind: str, method: str, parent: Any, config: Any, metrics: dict) -> int:

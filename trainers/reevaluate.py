@@ -36,8 +36,8 @@ def evaluate_version(url: str, project_id: int, ref: str, actor: str) -> dict[st
         path = registry.verified_path(version)
         production = registry.alias_version(session, project_id, "production")
         against = None
-        if production is not None and production.id != version.id:
-            against = (production.name, registry.verified_path(production))
+        if production is not None and production.id != version.id and production.kind != registry.UPSTREAM:
+            against = (production.name, registry.verified_path(production))  # the upstream has no adapter
         name, version_id = version.name, version.id
         production_id = production.id if against is not None and production is not None else None
     if not rows:

@@ -23,10 +23,11 @@ from core.errors import Conflict, InvalidInput, NotFound
 from core.projects import Project
 from ml.environment import library_versions
 from trainers import gate
-from trainers.config import model_settings
+from trainers.config import model_settings, upstream_settings
 from trainers.models import AdapterAlias, AdapterEvaluation, AdapterVersion, AliasEvent
 
 ALIASES = ("production", "canary")
+UPSTREAM = "upstream"  # the project's rented model: a reserved version row, so aliases and metrics treat it as one
 
 
 class PromotionRefused(Conflict):
@@ -137,6 +138,40 @@ def register(
     return version
 
 
+def upstream_version(session: Session, project_id: int) -> AdapterVersion:
+    """The reserved row that stands for the project's upstream (number 0, kind `upstream`, no artifact), so an alias
+    may point at it like at a version. Made on first use, under the project lock the caller holds; NotFound while
+    the project names no upstream."""
+    found = session.scalar(
+        select(AdapterVersion).where(AdapterVersion.project_id == project_id, AdapterVersion.name == UPSTREAM)
+    )
+    if found is not None:
+        return found
+    project = session.get(Project, project_id)
+    upstream = upstream_settings(project.settings if project is not None else None)
+    if not upstream.configured:
+        raise NotFound("upstream: the project names no upstream (settings upstream.url and upstream.model)")
+    row = AdapterVersion(
+        project_id=project_id,
+        number=0,
+        name=UPSTREAM,
+        kind=UPSTREAM,
+        method=UPSTREAM,
+        run_id=None,
+        snapshot_id=None,
+        parent_id=None,
+        base_model=upstream.model or "",
+        uri=UPSTREAM,
+        manifest_sha256="",
+        manifest={"format": "editloop-upstream-v1", "note": "the project's settings.upstream serve it"},
+        metrics={},
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def _lock_project(session: Session, project_id: int) -> None:
     """Serialize registry writes per project (SQLite serializes all writers already)."""
     session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
@@ -190,6 +225,8 @@ def latest(session: Session, project_id: int, kind: str) -> AdapterVersion | Non
 
 def verified_path(version: AdapterVersion) -> Path:
     """The version's directory after checking the manifest's hash and every file's; raises ChecksumMismatch."""
+    if version.kind == UPSTREAM:
+        raise InvalidInput("upstream: the rented model has no adapter directory")
     path = Path(version.uri)
     artifacts.verify(path, version.manifest_sha256)
     return path
@@ -215,13 +252,17 @@ def promote(
     if force and not (reason or "").strip():
         raise InvalidInput("reason: a forced promotion needs a reason")
     _lock_project(session, project_id)
-    version = get_version(session, project_id, ref)
-    if version.kind != "policy":
+    version = upstream_version(session, project_id) if ref == UPSTREAM else get_version(session, project_id, ref)
+    if version.kind not in ("policy", UPSTREAM):
         raise InvalidInput(f"version: {version.name} is a {version.kind} model; only policy adapters are served")
     current = alias_version(session, project_id, alias)
     if current is not None and current.id == version.id:
         raise Conflict(f"{alias} already points at {version.name}")
-    verdict = gate_verdict(session, project_id, version, alias_version(session, project_id, "production"))
+    verdict: dict[str, Any]
+    if version.kind == UPSTREAM:  # what the team rents today: no offline evaluation of ours to gate it on
+        verdict = {"passed": True, "reasons": ["the upstream is the rented baseline; it is not gated"]}
+    else:
+        verdict = gate_verdict(session, project_id, version, alias_version(session, project_id, "production"))
     if not verdict["passed"] and not force:
         raise PromotionRefused(
             f"promotion of {version.name} to {alias} refused: {'; '.join(verdict['reasons'])}", verdict
@@ -236,6 +277,10 @@ def gate_verdict(
     tolerances."""
     if production is not None and production.id == version.id:
         return {"passed": True, "reasons": ["the candidate is production"]}
+    if production is not None and production.kind == UPSTREAM:
+        # the rented model has no evaluation of ours: the candidate is gated against the base; how it compares with
+        # the upstream is its eval's edit_replay_vs_upstream offline, and the canary policy live
+        production = None
     project = session.get(Project, project_id)
     tolerances = model_settings(project.settings if project is not None else None).gate.model_dump()
     return gate.check(

@@ -134,6 +134,21 @@ class LiveMetricsOut(BaseModel):
     acceptance_rate: RateOut
     edit_rate: RateOut
     edit_distance: MeanOut = Field(description="Normalized Levenshtein distance of edited generations to their edit")
+    latency_ms: "LatencyOut"
+    cost: "CostOut"
+
+
+class LatencyOut(BaseModel):
+    n: int = Field(description="Generations with a recorded latency")
+    p50: float | None
+    p95: float | None
+
+
+class CostOut(BaseModel):
+    priced: int = Field(description="Generations with a recorded cost (the target had a price when served)")
+    total: float | None = Field(description="Their summed cost, in the currency of the project's prices")
+    per_1k_generations: float | None
+    per_accepted: float | None = Field(description="The target's spend over its accepted generations")
 
 
 class LiveTestOut(BaseModel):

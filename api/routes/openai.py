@@ -3,14 +3,16 @@
 Any OpenAI client works with `base_url=<editloop>/v1` and an editloop key as its API key. The response `id` is the
 generation_id: the editor posts accepted / rejected / edited events for it to /v1/events. Resolving the model and
 generating run in the threadpool; the generation is recorded through the same group commit as /v1/events, and a
-non-streaming response is sent once that record has committed."""
+non-streaming response is sent once that record has committed. A request for the project's upstream (the rented
+model, serving/upstream.py) is passed on to it instead of a backend and recorded the same way; if the upstream fails
+before its first byte, the project's `upstream.fallback` serves it, when one is named."""
 
 import asyncio
 import functools
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -25,9 +27,9 @@ from api.body import read_json
 from api.deps import IngestKey, SessionDep, sessions_of, settings_of
 from api.errors import status_of
 from api.routes.events import reject_if_nothing_stored, store_events
-from core.errors import EditloopError, InvalidInput
+from core.errors import EditloopError, InvalidInput, UpstreamUnavailable
 from core.projects import Principal
-from serving.backend import Backend, BackendUnavailable, OnText, Params, Result
+from serving.backend import Backend, BackendUnavailable, FinishReason, OnText, Params, Result
 from serving.gateway import Gateway, Resolved
 from serving.schemas import (
     AssistantMessage,
@@ -40,6 +42,8 @@ from serving.schemas import (
     ModelList,
     Usage,
 )
+from serving.upstream import Answer as UpstreamAnswer
+from serving.upstream import Stream
 
 router = APIRouter(tags=["gateway"])
 Req = TypeVar("Req", bound=BaseModel)
@@ -92,6 +96,29 @@ async def chat_completions(request: Request, key: IngestKey) -> Answer:
     return await _serve(request, key, _parse(ChatRequest, body))
 
 
+def _respond(chat: bool, generation_id: str, created: int, served: str, result: Result) -> Completion | ChatCompletion:
+    if chat:
+        return ChatCompletion(
+            id=generation_id,
+            created=created,
+            model=served,
+            choices=[ChatChoice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
+            usage=_usage(result),
+        )
+    return Completion(
+        id=generation_id,
+        created=created,
+        model=served,
+        choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
+        usage=_usage(result),
+    )
+
+
+def _result(answer: UpstreamAnswer) -> Result:
+    finish: FinishReason = "length" if answer.finish_reason == "length" else "stop"
+    return Result(answer.text, finish, answer.prompt_tokens, answer.completion_tokens)
+
+
 async def _serve(request: Request, key: Principal, body: CompletionRequest | ChatRequest) -> Answer:
     gateway = gateway_of(request)
     params = gateway.params(body)
@@ -105,11 +132,38 @@ async def _serve(request: Request, key: Principal, body: CompletionRequest | Cha
     generation_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     started = time.perf_counter()
+    fallback_from: str | None = None
+    if resolved.by_upstream:
+        wire = body.model_dump(exclude_unset=True, exclude_none=True)
+        try:
+            if body.stream:
+                stream = await gateway.upstream.open_stream(resolved.upstream, chat, wire)
+                return StreamingResponse(
+                    _stream_upstream(request, key, body, resolved, stream, generation_id, created, started),
+                    media_type="text/event-stream",
+                )
+            answer = await gateway.upstream.call(resolved.upstream, chat, wire)
+        except UpstreamUnavailable as exc:
+
+            def fallback() -> Resolved | None:
+                with sessions_of(request)() as session:
+                    return gateway.fallback(session, key.project_id, resolved, body.user)
+
+            found = await run_in_threadpool(fallback)
+            if found is None:
+                raise
+            resolved, fallback_from = found, f"upstream: {exc.detail}"
+        else:
+            result = _result(answer)
+            latency_ms = (time.perf_counter() - started) * 1000
+            event = gateway.event(generation_id, body, resolved, result, latency_ms, answer.provider_model)
+            reject_if_nothing_stored(await store_events(request.app, key, [event]))
+            return _respond(chat, generation_id, created, resolved.served, result)
     try:
         backend = gateway.backend
         if body.stream:
             return StreamingResponse(
-                _stream(request, key, body, backend, resolved, params, generation_id, created, started),
+                _stream(request, key, body, backend, resolved, params, generation_id, created, started, fallback_from),
                 media_type="text/event-stream",
             )
         result = await _generate(gateway, backend, resolved, params, None, threading.Event())
@@ -117,24 +171,9 @@ async def _serve(request: Request, key: Principal, body: CompletionRequest | Cha
         return _unavailable(exc)
     latency_ms = (time.perf_counter() - started) * 1000
     metrics.generated(resolved.served, result.prompt_tokens, result.completion_tokens, latency_ms / 1000)
-    reject_if_nothing_stored(
-        await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)])
-    )
-    if chat:
-        return ChatCompletion(
-            id=generation_id,
-            created=created,
-            model=resolved.served,
-            choices=[ChatChoice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
-            usage=_usage(result),
-        )
-    return Completion(
-        id=generation_id,
-        created=created,
-        model=resolved.served,
-        choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-        usage=_usage(result),
-    )
+    event = gateway.event(generation_id, body, resolved, result, latency_ms, fallback_from=fallback_from)
+    reject_if_nothing_stored(await store_events(request.app, key, [event]))
+    return _respond(chat, generation_id, created, resolved.served, result)
 
 
 async def _generate(
@@ -147,12 +186,67 @@ async def _generate(
 ) -> Result:
     """Generation runs in a worker thread under the gateway's own limit, so requests waiting for the model never
     take the threads that the collector's other requests (database sessions, key lookups) need."""
+    assert resolved.target is not None, "the upstream is not served by a backend"
     run = functools.partial(backend.generate, resolved.target, params, on_text, cancelled)
     return await anyio.to_thread.run_sync(run, limiter=gateway.limiter())
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
     return b"data: " + (data.encode() if isinstance(data, str) else orjson.dumps(data)) + b"\n\n"
+
+
+def _chunker(head: dict[str, Any], chat: bool) -> Callable[..., dict[str, Any]]:
+    def chunk(text: str | None, finish: str | None = None, first: bool = False) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+            if text is not None:
+                delta["content"] = text
+            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {**head, "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
+
+    return chunk
+
+
+def _head(chat: bool, generation_id: str, created: int, served: str) -> dict[str, Any]:
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    return {"id": generation_id, "object": kind, "created": created, "model": served}
+
+
+async def _stream_upstream(
+    request: Request,
+    key: Principal,
+    body: CompletionRequest | ChatRequest,
+    resolved: Resolved,
+    stream: Stream,
+    generation_id: str,
+    created: int,
+    started: float,
+) -> AsyncIterator[bytes]:
+    """The upstream's stream re-sent under our generation id; recorded before the final chunk, like our own."""
+    gateway = gateway_of(request)
+    chat = isinstance(body, ChatRequest)
+    head = _head(chat, generation_id, created, resolved.served)
+    chunk = _chunker(head, chat)
+    try:
+        if chat:
+            yield _sse(chunk(None, first=True))
+        try:
+            async for text in stream.texts():
+                yield _sse(chunk(text))
+        except EditloopError as exc:  # after the 200 and maybe some text: an error event, and never a retry
+            yield _sse({"error": {"message": exc.detail, "type": exc.code, "param": None, "code": status_of(exc)}})
+            return
+        answer = stream.answer
+        result = _result(answer)
+        latency_ms = (time.perf_counter() - started) * 1000
+        event = gateway.event(generation_id, body, resolved, result, latency_ms, answer.provider_model)
+        reject_if_nothing_stored(await store_events(request.app, key, [event]))
+        yield _sse(chunk(None if chat else "", result.finish_reason))
+        if body.include_usage:
+            yield _sse({**head, "choices": [], "usage": _usage(result).model_dump()})
+        yield _sse("[DONE]")
+    finally:
+        await stream.aclose()
 
 
 async def _stream(
@@ -165,24 +259,13 @@ async def _stream(
     generation_id: str,
     created: int,
     started: float,
+    fallback_from: str | None = None,
 ) -> AsyncIterator[bytes]:
     """Server-sent events as OpenAI sends them; the generation is recorded before the final chunk."""
     gateway = gateway_of(request)
     chat = isinstance(body, ChatRequest)
-    head = {
-        "id": generation_id,
-        "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": created,
-        "model": resolved.served,
-    }
-
-    def chunk(text: str | None, finish: str | None = None, first: bool = False) -> dict[str, Any]:
-        if chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
-            if text is not None:
-                delta["content"] = text
-            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        return {**head, "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
+    head = _head(chat, generation_id, created, resolved.served)
+    chunk = _chunker(head, chat)
 
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
@@ -213,7 +296,11 @@ async def _stream(
         latency_ms = (time.perf_counter() - started) * 1000
         metrics.generated(resolved.served, result.prompt_tokens, result.completion_tokens, latency_ms / 1000)
         reject_if_nothing_stored(
-            await store_events(request.app, key, [gateway.event(generation_id, body, resolved, result, latency_ms)])
+            await store_events(
+                request.app,
+                key,
+                [gateway.event(generation_id, body, resolved, result, latency_ms, fallback_from=fallback_from)],
+            )
         )
         yield _sse(chunk(None if chat else "", result.finish_reason))
         if body.include_usage:

@@ -8,7 +8,7 @@ from api.deps import AdminKey, SessionDep
 from core.errors import NotFound
 from core.projects import Project
 from feedback.snapshots import dataset_config
-from trainers.config import model_settings
+from trainers.config import model_settings, upstream_settings
 
 router = APIRouter(tags=["project"])
 
@@ -18,12 +18,16 @@ class SettingsPatch(BaseModel):
 
     model: dict[str, Any] | None = Field(None, description="Fields of the model settings to change (null unsets).")
     dataset: dict[str, Any] | None = Field(None, description="Fields of the dataset settings to change.")
+    upstream: dict[str, Any] | None = Field(
+        None, description="Fields of the upstream (the rented OpenAI-compatible model) to change; never a key."
+    )
 
 
 class SettingsOut(BaseModel):
     name: str
     model: dict[str, Any]
     dataset: dict[str, Any]
+    upstream: dict[str, Any]
 
 
 def _out(project: Project) -> SettingsOut:
@@ -31,6 +35,7 @@ def _out(project: Project) -> SettingsOut:
         name=project.name,
         model=model_settings(project.settings).model_dump(mode="json"),
         dataset=dataset_config(project).model_dump(mode="json"),
+        upstream=upstream_settings(project.settings).model_dump(mode="json"),
     )
 
 
@@ -48,7 +53,7 @@ def patch_project_settings(body: SettingsPatch, request: Request, session: Sessi
     if project is None:
         raise NotFound("project does not exist")
     settings = dict(project.settings or {})
-    for section, changes in (("model", body.model), ("dataset", body.dataset)):
+    for section, changes in (("model", body.model), ("dataset", body.dataset), ("upstream", body.upstream)):
         if changes is None:
             continue
         merged = {**settings.get(section, {}), **changes}

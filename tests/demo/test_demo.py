@@ -128,3 +128,19 @@ def test_the_demo_raises_acceptance_by_40_points(tiny_model: Path, tmp_path: Pat
     report = run_demo(settings, Console(width=120), model_dir=tiny_model, out_dir=tmp_path / "out")
     rates = [r["acceptance_rate"] for r in report["rounds"]]
     assert report["acceptance_gain_points"] >= 40, rates
+
+
+@pytest.mark.slow
+def test_the_upstream_demo_switches_to_our_adapter_when_it_wins(tiny_model: Path, tmp_path: Path) -> None:
+    """`editloop demo --upstream`: round 0 all upstream; by the last round our adapter serves production, accepted
+    at least as often as the rented model was, at a lower cost per accepted generation."""
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings.sqlalchemy_url)
+    report = run_demo(settings, Console(width=120), model_dir=tiny_model, out_dir=tmp_path / "out", upstream=True)
+    first, last = report["rounds"][0], report["rounds"][-1]
+    assert set(first["served"]) == {"upstream"}
+    rented = first["targets"]["upstream"]
+    ours = [m for target, m in last["targets"].items() if target != "upstream"]
+    assert "upstream" not in last["served"] and ours, last["served"]
+    assert min(m["acceptance"] for m in ours) >= rented["acceptance"]
+    assert max(m["cost_per_accepted"] for m in ours) < rented["cost_per_accepted"]

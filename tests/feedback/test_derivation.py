@@ -27,6 +27,7 @@ def gen(gid: str, outcome: str, t: float = 0, completion: str = BODY, **fields: 
         "language": "python",
         "file_path": None,
         "user": f"user-{gid}",
+        "model": None,
         "excluded": False,
         "shown_at": shown,
         "shown_event_id": f"{gid}:gen",
@@ -223,3 +224,17 @@ def test_the_rows_do_not_depend_on_the_order_of_the_generations():
 def test_the_version_names_the_gate_settings_only():
     assert version(DEFAULTS) == version(DatasetConfig(eval_fraction=0.3, split_by="user"))
     assert version(DEFAULTS) != version(DatasetConfig(min_chars=2))
+
+
+def test_accepted_upstream_generations_are_distilled_into_sft_rows_and_ours_are_not() -> None:
+    gens = [
+        gen("up", "accepted", 0, model="upstream", completion="    return a + b\n"),
+        gen("down", "rejected", 1, model="upstream", completion="    pass\n"),
+        gen("own", "accepted", 2, model="v1", completion="    return b + a\n"),
+    ]
+    rows = derive(gens, DatasetConfig()).rows
+    sft = [r for r in rows if r["kind"] == "sft"]
+    assert [(r["source_key"], r["completion"]) for r in sft] == [("sft:accepted:up", "    return a + b\n")]
+    negatives = {r["source_key"] for r in rows if r["kind"] == "kto" and r["label"] is False}
+    assert negatives == {"kto:completion:down"}  # a rejected upstream generation is a KTO negative, as ours are
+    assert not [r for r in derive(gens, DatasetConfig(distill_upstream=False)).rows if r["kind"] == "sft"]

@@ -2,6 +2,7 @@
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,15 @@ def lora_dir(model_dir: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def register_adapter(db_url: str, root: Path, project_id: int, model_dir: Path, seed: int, kind: str = "policy") -> str:
+def register_adapter(
+    db_url: str,
+    root: Path,
+    project_id: int,
+    model_dir: Path,
+    seed: int,
+    kind: str = "policy",
+    metrics: dict[str, Any] | None = None,
+) -> str:
     """Publish a random adapter as the project's next version; returns its name."""
     staging = artifacts.staging_dir(root / "staging", f"serving-{uuid.uuid4().hex[:6]}")
     lora_dir(model_dir, staging, seed)
@@ -60,6 +69,6 @@ def register_adapter(db_url: str, root: Path, project_id: int, model_dir: Path, 
             base_model=str(model_dir),
             base_revision=None,
             config={"seed": seed},
-            metrics={},
+            metrics=metrics or {},
         )
         return version.name
