@@ -24,7 +24,7 @@ from core.errors import EditloopError, InvalidInput, Unauthenticated
 from core.projects import ApiKey, Role
 from feedback import service as feedback
 from feedback import snapshots
-from trainers import registry, runs
+from trainers import registry, rights, runs
 from trainers.canary import BASE, compare
 from trainers.schemas import RunOut
 
@@ -247,6 +247,7 @@ def _adapters_context(session: Session, project_id: int) -> dict[str, Any]:
             vid: queries.figures({k: x for k, x in g.items() if k != "reasons"}) for vid, g in verdicts.items()
         },
         "versions": versions,
+        "deleted_data": rights.flags_of(session, project_id),
         "aliases": {alias: names.get(vid, "?") for alias, vid in aliases.items()},
         "by_version": by_version,
         "names": names,

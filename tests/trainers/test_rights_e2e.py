@@ -7,12 +7,13 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from core.db import session_scope
-from core.projects import create_project
+from core.projects import Project, Role, create_key, create_project
 from core.settings import Settings
 from feedback import deletion
 from feedback.models import DatasetSnapshot
@@ -20,6 +21,7 @@ from feedback.rights_models import DeletionRequest
 from feedback.rows import build_rows
 from feedback.service import ingest
 from feedback.snapshots import export_snapshot
+from tests.conftest import start_server
 from tests.rights_data import user_events
 from trainers import registry, rights, runs
 from trainers.models import AdapterVersion, VersionFlag
@@ -91,3 +93,17 @@ def test_a_deleted_user_is_nowhere_and_the_model_that_learned_is_flagged(pg_url:
         version = session.get(AdapterVersion, version_id)
         registry.verified_path(version)  # still loads: its checksums agree with the redacted manifest
         assert "samples" not in version.metrics["eval"]
+        version_name = version.name
+
+    # The console's Adapters page marks the version with the request that flagged it.
+    with session_scope(pg_url) as session:
+        _, admin_key = create_key(session, session.get(Project, project_id), Role.admin)
+    srv, thread, url = start_server(settings)
+    try:
+        with httpx.Client(base_url=url) as console:
+            assert console.post("/ui/login", data={"key": admin_key}).status_code == 303
+            page = console.get("/ui/adapters").text
+        assert f'data-deleted="{version_name}"' in page and f"deletion request {request_id}" in page
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -2,7 +2,7 @@
 the policy, scored by TRL reward functions (rewards.functions): the project's reward model, Python parse validity
 and a length guard, summed with the run config's weights.
 
-How it is configured beyond the shared `trl_args` (see notes/ml-on-cpu.md section 4 and benchmarks/online_rl.py):
+How it is configured beyond the shared `trl_args` (benchmarks/online_rl.py and benchmarks/README.md measure it):
 - the reference for the KL term is the base with the adapter disabled (TRL's own choice when it wraps the model
   with `peft_config`); continuing production, TRL freezes a copy of the production adapter as `ref` instead, and
   that copy is dropped before the adapter is saved;
