@@ -92,9 +92,13 @@ def train_round(
     from feedback.tasks import build_project_rows
     from trainers.runs import create_run, execute
 
+    from feedback.models import DatasetBuild
+
     url = settings.sqlalchemy_url
-    build_project_rows(url, project_id)
+    build_id = build_project_rows(url, project_id)
     with session_scope(url) as session:
+        build = session.get(DatasetBuild, build_id) if build_id is not None else None
+        build_report = dict(build.report or {}) if build is not None else {}
         run = create_run(session, project_id, "pipeline", DEMO_PIPELINE, actor="demo", trigger="demo", nudge=False)
         run_id = run.id
     outcome: dict[str, str] = {}
@@ -133,10 +137,13 @@ def train_round(
         "reward_baselines": (reward_eval.get("reward_accuracy") or {}).get("baselines"),
         "implicit_reward_accuracy": (policy_eval.get("implicit_reward") or {}).get("accuracy"),
         "edit_replay": {k: v.get("mean") for k, v in (policy_eval.get("edit_replay") or {}).items()},
+        "edit_region_match": {k: v.get("region_match") for k, v in (policy_eval.get("edit_region") or {}).items()},
         "promoted": bool(promotion.get("promoted")),
         "gate": promotion.get("gate"),
         "reason": promotion.get("reason"),
         "production": (versions.get("aliases") or {}).get("production"),
+        "rows": build_report.get("rows"),
+        "edit_pairs_dropped": build_report.get("edit_pairs_dropped"),
     }
 
 
@@ -291,7 +298,11 @@ def _training_line(training: dict[str, Any]) -> str:
         kept = training["production"] or "the base"
         promoted = f"not promoted ({training.get('reason') or 'no reason recorded'}); the editors stay on {kept}"
     shown = f"{accuracy:.2f}" if accuracy is not None else "-"
+    rows = training.get("rows") or {}
+    dropped = ", ".join(f"{g} {n}" for g, n in (training.get("edit_pairs_dropped") or {}).items()) or "none"
     return (
+        f"  rows: {rows.get('edit_pair', 0)} edit pairs (dropped by the gates: {dropped}), "
+        f"{rows.get('choice_pair', 0)} choice pairs, {rows.get('kto', 0)} kto, {rows.get('sft', 0)} sft\n"
         f"  trained in {training['seconds']:.0f} s on snapshot {training['snapshot_id']}: reward model accuracy "
         f"{shown}, {promoted}"
     )

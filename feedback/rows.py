@@ -280,6 +280,7 @@ class _Build:
         self.session, self.project_id, self.config, self.built_at, self.pg = session, project_id, config, built_at, pg
         self.derivation = derivation.version(config)
         self.gates: Counter[str] = Counter()
+        self.dropped_edit_pairs: Counter[str] = Counter()
         self.rows: Counter[str] = Counter()
         self.added: Counter[str] = Counter()
         self.changed: Counter[str] = Counter()
@@ -310,6 +311,8 @@ class _Build:
     def report(self) -> dict[str, Any]:
         return {
             "gates": {g: self.gates[g] for g in GATES},
+            # per gate, the edited generations it cost an edit pair (what the gates took from the preference data)
+            "edit_pairs_dropped": {g: n for g in GATES if (n := self.dropped_edit_pairs[g])},
             "rows": {k: self.rows[k] for k in KINDS},  # derived, after the gates (unchanged ones included)
             "added": {k: self.added[k] for k in KINDS},
             "changed": {k: self.changed[k] for k in KINDS},
@@ -434,6 +437,7 @@ class _Build:
         self.derived += len(gens)
         derived = derivation.derive(gens, self.config)
         self.gates.update(derived.gates)
+        self.dropped_edit_pairs.update(derived.dropped_edit_pairs)
         for row in derived.rows:
             page.produced[(row["kind"], row["source_key"])] = row
         self.seconds["syntax"] += derived.syntax_s
