@@ -89,10 +89,9 @@ def train_round(
 ) -> dict[str, Any]:
     """What the scheduled worker does, done now: build rows, cut a snapshot, run the pipeline (reward model ->
     policy -> evaluation -> promotion). The run executes here; its progress is read over the API."""
+    from feedback.models import DatasetBuild
     from feedback.tasks import build_project_rows
     from trainers.runs import create_run, execute
-
-    from feedback.models import DatasetBuild
 
     url = settings.sqlalchemy_url
     build_id = build_project_rows(url, project_id)

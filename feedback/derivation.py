@@ -20,8 +20,8 @@ What a generation yields (from its join row and its prompt group alone, so never
   is when the texts are equal once spaces at line ends, blank lines and a final line break are ignored (indentation
   and spaces inside a line count: in Python they are syntax or a convention). A two-character change that a user
   makes again and again is a team's convention, the very signal to learn. (min_edit_distance, 0 by default, also
-  makes edits below it trivial, for projects that want the old size rule.) Total rewrites (distance > max_edit_distance) make no edit
-  pair; the sft and final kto rows stay, and the completion is labelled false.
+  makes edits below it trivial, for projects that want the old size rule.) Total rewrites (distance >
+  max_edit_distance) make no edit pair; the sft and final kto rows stay, and the completion is labelled false.
 Rows keep their generation ids and the ids of the events behind them: the `generation` event, then the edit (edit
 pairs, sft, final kto), the event that decided the label (completion kto), or each side's decision and rating
 (choice pairs). `occurred_at` is the latest of those events.
@@ -201,7 +201,7 @@ class _Rules:
         score = g.rating_score
         if g.outcome not in _FEEDBACK and not score:
             return None  # shown, or rated 0: no verdict, nothing to learn and nothing to count
-        config, gates = self.config, self.gates
+        config = self.config
         completion, final = g.completion, g.final_text
         edited = g.outcome == "edited" and final is not None
         if g.excluded:
