@@ -5,25 +5,29 @@ Unlike the style axes (`demo.style`), the bootstrap corpus never follows these r
 either: a policy can only learn them from the users' small edits.
 """
 
+import builtins
+import keyword
 from collections.abc import Callable
 from tokenize import NAME, NEWLINE, OP, STRING
 
-from demo.restyle import _apply
-from demo.tokens import Source
+from demo.restyle import _apply, _rename
+from demo.tokens import Source, naming_of, to_camel
 from feedback.syntax import parses
 
 
-def private_defs(code: str) -> str:
-    """Identifier convention: module helpers are private, so every function name starts with an underscore (its
-    definition and the calls to it)."""
+def camel_defs(code: str) -> str:
+    """Identifier convention: function names are camelCase (`findFirstOrder`, at the definition and the calls),
+    every other name as it is. A rename is skipped where it would merge two names or shadow a builtin."""
     src = Source(code)
-    names = {src.toks[d.name].string for d in src.defs if not src.toks[d.name].string.startswith("_")}
-    edits = []
-    for i, t in enumerate(src.toks):
-        if t.type == NAME and t.string in names and src.prev(i) != ".":
-            at = src.offset(t.start)
-            edits.append((at, at, "_"))
-    return _apply(code, edits)
+    existing = {t.string for t in src.toks if t.type == NAME}
+    mapping: dict[str, str] = {}
+    for d in src.defs:
+        name = src.toks[d.name].string
+        new = to_camel(name)
+        taken = new in existing or new in mapping.values() or hasattr(builtins, new) or keyword.iskeyword(new)
+        if new != name and new.isidentifier() and not taken and naming_of(name) == "snake":
+            mapping[name] = new
+    return _rename(code, mapping) if mapping else code
 
 
 def explicit_get(code: str) -> str:
@@ -78,7 +82,7 @@ def _closes_at(toks: list, opener: int) -> int | None:
 
 
 CONVENTIONS: dict[str, Callable[[str], str]] = {
-    "private_defs": private_defs,
+    "camel_defs": camel_defs,
     "explicit_get": explicit_get,
     "paren_returns": paren_returns,
 }

@@ -37,13 +37,15 @@ TASTES: dict[str, BuiltinTaste] = {
     "terse": BuiltinTaste("no docstrings and no type hints", {"docstrings": False, "type_hints": False}),
     "typed-double": BuiltinTaste("type hints and double quotes", {"type_hints": True, "quotes": "double"}),
     # Small edits (about 1% of a completion's characters): one convention each, of three kinds.
-    "private": BuiltinTaste("identifier convention: function names start with an underscore", {}, ("private_defs",)),
+    "camel-defs": BuiltinTaste(
+        "identifier convention: function names in camelCase, other names as they are", {}, ("camel_defs",)
+    ),
     "explicit-get": BuiltinTaste(
         "idiom swap: dict lookups spell their default, `x.get('k', None)`", {}, ("explicit_get",)
     ),
     "paren-return": BuiltinTaste("formatting convention: returned values in parentheses", {}, ("paren_returns",)),
 }
-SMALL_TASTES = ("private", "explicit-get", "paren-return")
+SMALL_TASTES = ("camel-defs", "explicit-get", "paren-return")
 
 
 def load_taste(spec: str) -> tuple[str, Taste]:
