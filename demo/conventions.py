@@ -1,8 +1,8 @@
 """Small conventions: tastes whose edits touch a few tokens of a completion, the corrections real users make most.
 
 Each rule takes arbitrary code and never raises on bad input; `apply_conventions` keeps code that parsed parsing.
-Unlike the style axes (`demo.style`), the bootstrap corpus never follows these rules, so the base model does not
-either: a policy can only learn them from the users' small edits.
+Unlike the style axes (`demo.style`), the bootstrap corpus follows none of them (camel_defs: only in its camelCase
+documents, where every name is camelCase), so a policy learns them from the users' small edits or not at all.
 """
 
 import builtins

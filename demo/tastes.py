@@ -1,6 +1,6 @@
 """The simulated users' tastes: a taste is any function from code to the user's edited code. The built-in ones
 restyle code along the style axes (`demo.style.AXES`) or apply small conventions (`demo.conventions`: edits of a
-few tokens, which the base model never follows); `load_taste` also takes `module:function`."""
+few tokens); `load_taste` also takes `module:function`."""
 
 import importlib
 from collections.abc import Callable

@@ -1,5 +1,5 @@
 """The small-edit tastes (demo.conventions): each edit touches a few characters, keeps code parsing, is a fixed
-point once applied, and the bootstrap corpus never follows it (so the base model has to learn it from the edits)."""
+point once applied, and the base model's code needs it often (so the policy has to learn it from the edits)."""
 
 import random
 
@@ -35,7 +35,7 @@ def test_a_small_taste_edits_at_most_3_percent_on_average_and_keeps_code_parsing
 
 def test_the_small_tastes_edit_what_they_say() -> None:
     code = "def count(items):\n    if items.get('a'):\n        return len(items)\n    return count(items)\n"
-    assert TASTES["private"](code).count("_count(") == 2
+    assert TASTES["camel-defs"]("def count_all(items):\n    return count_all(items)\n").count("countAll(") == 2
     assert "items.get('a', None)" in TASTES["explicit-get"](code)
     assert TASTES["paren-return"](code).count("return (") == 2
     assert TASTES["paren-return"]("def f():\n    return (a)\n") == "def f():\n    return (a)\n"
