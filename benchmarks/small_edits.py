@@ -24,6 +24,13 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "combined-beta0.5": ("combined", {"beta": 0.5}),
     "combined-sft1": ("combined", {"loss_weights": [1.0, 1.0]}),
     "combined-6ep": ("combined", {"epochs": 6.0, "max_steps": 200}),
+    "sft-10ep": ("sft", {"epochs": 10.0, "max_steps": 300}),
+    "sft-10ep-lr1e-3": ("sft", {"epochs": 10.0, "max_steps": 300, "learning_rate": 1e-3}),
+    "combined-10ep-sft1": ("combined", {"epochs": 10.0, "max_steps": 300, "loss_weights": [1.0, 1.0]}),
+    "combined-10ep-sft1-beta0.5": (
+        "combined",
+        {"epochs": 10.0, "max_steps": 300, "loss_weights": [1.0, 1.0], "beta": 0.5},
+    ),
 }
 
 
@@ -58,8 +65,14 @@ def main() -> None:
     train_prompts = [prompt_for(sample_function(rng)) for _ in range(args.n)]
     test_prompts = [prompt_for(sample_function(rng)) for _ in range(args.prompts)]
     clock = time.perf_counter()
-    completions = metrics.generate(base, tokenizer, train_prompts, max_new_tokens=128)
-    base_test = metrics.generate(base, tokenizer, test_prompts, max_new_tokens=128)
+    cache = Path(f"benchmarks/results/small_edits-base-{args.n}-{args.prompts}.json")  # the base's code, reused
+    if cache.exists():
+        completions, base_test = json.loads(cache.read_text())
+    else:
+        completions = metrics.generate(base, tokenizer, train_prompts, max_new_tokens=128)
+        base_test = metrics.generate(base, tokenizer, test_prompts, max_new_tokens=128)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps([completions, base_test]))
     print(f"generated the base's code in {time.perf_counter() - clock:.0f} s")
 
     work = Path(tempfile.mkdtemp(prefix="small-edits-"))
