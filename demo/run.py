@@ -45,11 +45,13 @@ from demo.upstream import (
 from trainers.gate import summary as gate_summary
 
 # The loop the demo runs after each round: the scheduled pipeline's config, sized for a 2-core machine. The reward
-# model gets more passes than its default (the demo's snapshots are small); the policy is DPO + SFT on the edits.
+# model gets more passes than its default (the demo's snapshots are small). The policy is SFT on the users' final code
+# with enough steps to move greedy decoding: with edits of a few tokens, DPO (alone or with an SFT term) lowered the
+# parse rate and never taught the convention (benchmarks/README.md, small_edits.py).
 DEMO_PIPELINE: dict[str, Any] = {
-    "policy_kind": "combined",
+    "policy_kind": "sft",
     "reward": {"epochs": 10, "eval_examples": 32},
-    "policy": {"eval_examples": 32},
+    "policy": {"eval_examples": 32, "epochs": 10.0, "max_steps": 300, "learning_rate": 1e-3},
 }
 
 
@@ -102,12 +104,15 @@ def train_round(
 ) -> dict[str, Any]:
     """What the scheduled worker does, done now: build rows, cut a snapshot, run the pipeline (reward model ->
     policy -> evaluation -> promotion). The run executes here; its progress is read over the API."""
+    from feedback.models import DatasetBuild
     from feedback.tasks import build_project_rows
     from trainers.runs import create_run, execute
 
     url = settings.sqlalchemy_url
-    build_project_rows(url, project_id)
+    build_id = build_project_rows(url, project_id)
     with session_scope(url) as session:
+        build = session.get(DatasetBuild, build_id) if build_id is not None else None
+        build_report = dict(build.report or {}) if build is not None else {}
         run = create_run(session, project_id, "pipeline", DEMO_PIPELINE, actor="demo", trigger="demo", nudge=False)
         run_id = run.id
     outcome: dict[str, str] = {}
@@ -146,12 +151,15 @@ def train_round(
         "reward_baselines": (reward_eval.get("reward_accuracy") or {}).get("baselines"),
         "implicit_reward_accuracy": (policy_eval.get("implicit_reward") or {}).get("accuracy"),
         "edit_replay": {k: v.get("mean") for k, v in (policy_eval.get("edit_replay") or {}).items()},
+        "edit_region_match": {k: v.get("region_match") for k, v in (policy_eval.get("edit_region") or {}).items()},
         "promoted": bool(promotion.get("promoted")),
         "gate": promotion.get("gate"),
         "verdict": gate_summary(promotion.get("gate") or {}),
         "reason": promotion.get("reason"),
         "production": (versions.get("aliases") or {}).get("production"),
         "canary": (versions.get("aliases") or {}).get("canary"),
+        "rows": build_report.get("rows"),
+        "edit_pairs_dropped": build_report.get("edit_pairs_dropped"),
     }
 
 
@@ -367,7 +375,11 @@ def _training_line(training: dict[str, Any]) -> str:
         promoted = f"not promoted ({training.get('reason') or 'no reason recorded'}); the editors stay on {kept}"
     shown = f"{accuracy:.2f}" if accuracy is not None else "-"
     verdict = "".join(f"\n    {line}" for line in (training.get("verdict") or "").splitlines())
+    rows = training.get("rows") or {}
+    dropped = ", ".join(f"{g} {n}" for g, n in (training.get("edit_pairs_dropped") or {}).items()) or "none"
     return (
+        f"  rows: {rows.get('edit_pair', 0)} edit pairs (dropped by the gates: {dropped}), "
+        f"{rows.get('choice_pair', 0)} choice pairs, {rows.get('kto', 0)} kto, {rows.get('sft', 0)} sft\n"
         f"  trained in {training['seconds']:.0f} s on snapshot {training['snapshot_id']}: reward model accuracy "
         f"{shown}, {promoted}{verdict}"
     )

@@ -1,12 +1,14 @@
 """The simulated users' tastes: a taste is any function from code to the user's edited code. The built-in ones
-restyle code along the style axes (`demo.style.AXES`); `load_taste` also takes `module:function`."""
+restyle code along the style axes (`demo.style.AXES`) or apply small conventions (`demo.conventions`: edits of a
+few tokens); `load_taste` also takes `module:function`."""
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import InvalidInput
+from demo.conventions import apply_conventions
 from demo.restyle import restyle
 
 Taste = Callable[[str], str]
@@ -16,9 +18,11 @@ Taste = Callable[[str], str]
 class BuiltinTaste:
     description: str
     axes: dict[str, Any]
+    conventions: tuple[str, ...] = field(default=())
 
     def __call__(self, code: str) -> str:
-        return restyle(code, **self.axes)
+        code = restyle(code, **self.axes) if self.axes else code
+        return apply_conventions(code, self.conventions) if self.conventions else code
 
 
 TASTES: dict[str, BuiltinTaste] = {
@@ -32,7 +36,16 @@ TASTES: dict[str, BuiltinTaste] = {
     ),
     "terse": BuiltinTaste("no docstrings and no type hints", {"docstrings": False, "type_hints": False}),
     "typed-double": BuiltinTaste("type hints and double quotes", {"type_hints": True, "quotes": "double"}),
+    # Small edits (about 1% of a completion's characters): one convention each, of three kinds.
+    "camel-defs": BuiltinTaste(
+        "identifier convention: function names in camelCase, other names as they are", {}, ("camel_defs",)
+    ),
+    "explicit-get": BuiltinTaste(
+        "idiom swap: dict lookups spell their default, `x.get('k', None)`", {}, ("explicit_get",)
+    ),
+    "paren-return": BuiltinTaste("formatting convention: returned values in parentheses", {}, ("paren_returns",)),
 }
+SMALL_TASTES = ("camel-defs", "explicit-get", "paren-return")
 
 
 def load_taste(spec: str) -> tuple[str, Taste]:

@@ -10,7 +10,11 @@ class DatasetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_edit_distance: float = Field(
-        0.02, ge=0, le=1, description="Edits below this normalized distance are trivial: no edit pair."
+        0.0,
+        ge=0,
+        le=1,
+        description="Edits below this normalized distance are also trivial (no edit pair). 0: trivial by meaning "
+        "only (line-end spaces, blank lines), so a small consistent correction is kept as signal.",
     )
     max_edit_distance: float = Field(
         0.85, ge=0, le=1, description="Edits above this are total rewrites: no edit pair (the SFT row stays)."

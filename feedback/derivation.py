@@ -18,9 +18,13 @@ What a generation yields (from its join row and its prompt group alone, so never
 - `choice_pair` `choice:{accepted}>{rejected}`: within a prompt group, an accepted completion (labelled true) over a
   rejected one (labelled false): each accepted generation with the earliest PAIRS_PER_ACCEPTED rejected ones, so a
   group yields pairs linear in its size. The row's user is the accepted generation's.
-- Trivial edits (whitespace only, or distance < min_edit_distance) are accepts in all but name: no edit pair, sft
-  or final kto row, and the completion is labelled true. Total rewrites (distance > max_edit_distance) make no edit
-  pair; the sft and final kto rows stay, and the completion is labelled false.
+- Trivial edits are accepts in all but name: no edit pair, sft or final kto row, and the completion is labelled
+  true. Trivial by meaning, not by size: an edit is trivial when it changes nothing a reader could care about, that
+  is when the texts are equal once spaces at line ends, blank lines and a final line break are ignored (indentation
+  and spaces inside a line count: in Python they are syntax or a convention). A two-character change that a user
+  makes again and again is a team's convention, the very signal to learn. (min_edit_distance, 0 by default, also
+  makes edits below it trivial, for projects that want the old size rule.) Total rewrites (distance >
+  max_edit_distance) make no edit pair; the sft and final kto rows stay, and the completion is labelled false.
 Rows keep their generation ids and the ids of the events behind them: the `generation` event, then the edit (edit
 pairs, sft, final kto), the event that decided the label (completion kto), or each side's decision and rating
 (choice pairs). `occurred_at` is the latest of those events.
@@ -41,6 +45,9 @@ Gates, counted over the generations derived. Generation gates count generations,
   shown). A choice pair is one when its accepted or its rejected completion near-duplicates an earlier completion
   of the same outcome in the group: such a pair repeats a kept one.
 - trivial_pair: a choice pair whose two completions differ only trivially (as a trivial edit would).
+`Derived.dropped_edit_pairs` counts, per gate, the edited generations that made no edit pair because of it (the
+generation gates, the row gates of the pair, and broken_syntax), so a report shows what the gates cost the
+preference data.
 """
 
 import re
@@ -75,7 +82,8 @@ UPSTREAM = "upstream"  # the model name of the rented model's generations (servi
 # Bump when a change here changes the rows that feedback yields: the next build of each project re-derives all.
 # 2: one is_python for the project (language "py"/"python3" and .pyw count; a language id beats the suffix).
 # 3: accepted upstream generations make sft rows (distill_upstream).
-DERIVATION_VERSION = 3
+# 4: trivial by meaning (line-end spaces and blank lines only), not by size (min_edit_distance now 0 by default).
+DERIVATION_VERSION = 4
 # The DatasetConfig fields the rows depend on (the others choose splits and schedules).
 GATE_FIELDS = frozenset(
     {
@@ -133,6 +141,7 @@ class Derived(NamedTuple):
     rows: list[dict[str, Any]]  # the training-row columns that the rules decide, content_hash aside
     gates: Counter[str]
     syntax_s: float  # of the time `derive` took, the Python parse's (for the build's report)
+    dropped_edit_pairs: Counter[str]  # per gate, the edited generations that made no edit pair because of it
 
 
 def derive(gens: Iterable[Gen], config: DatasetConfig) -> Derived:
@@ -166,6 +175,7 @@ class _Rules:
         self.config = config
         self.cutoff = config.near_duplicate_similarity * 100
         self.gates: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
 
     def derive(self, gens: Iterable[Gen]) -> Derived:
         plans = [p for g in gens if (p := self._plan(g)) is not None]
@@ -179,7 +189,7 @@ class _Rules:
         for group in groups.values():
             group.sort(key=lambda p: p.order)
             rows += self._group_rows(group)
-        return Derived(rows, self.gates, syntax_s)
+        return Derived(rows, self.gates, syntax_s, self.dropped)
 
     # -- generation gates ------------------------------------------------------------------------------------------
 
@@ -198,32 +208,33 @@ class _Rules:
         score = g.rating_score
         if g.outcome not in _FEEDBACK and not score:
             return None  # shown, or rated 0: no verdict, nothing to learn and nothing to count
-        config, gates = self.config, self.gates
-        if g.excluded:
-            gates["excluded"] += 1
-            return None
+        config = self.config
         completion, final = g.completion, g.final_text
+        edited = g.outcome == "edited" and final is not None
+        if g.excluded:
+            self._count("excluded", edited)
+            return None
         if g.prompt_hash is None or completion is None or g.shown_event_id is None:
-            gates["no_prompt"] += 1
+            self._count("no_prompt", edited)
             return None
         if (
             final is not None
             and ("<secret:" in final or "<secret:" in completion)
             and Counter(_SECRET.findall(final)) != Counter(_SECRET.findall(completion))
         ):
-            gates["secret_in_change"] += 1
+            self._count("secret_in_change", edited)
             return None
         edit = None
-        if g.outcome == "edited" and final is not None:
+        if edited:
             distance = g.edit_distance
             if distance is None:
                 distance = Levenshtein.normalized_distance(completion, final)
-            if distance < config.min_edit_distance or _whitespace_only(completion, final):
+            if distance < config.min_edit_distance or trivial_change(completion, final):
                 edit = "trivial"
-                gates["trivial_edit"] += 1
+                self._count("trivial_edit", True)
             elif distance > config.max_edit_distance:
                 edit = "rewrite"
-                gates["total_rewrite"] += 1
+                self._count("total_rewrite", True)
             else:
                 edit = "pair"
         label: bool | None
@@ -262,7 +273,13 @@ class _Rules:
                 continue
             if parses_fragment(g.completion) or parses_within(g.completion, g.prefix, g.suffix):
                 p.broken = True
-                self.gates["broken_syntax"] += 1
+                self._count("broken_syntax", p.edit == "pair")
+
+    def _count(self, gate: str, edit_pair: bool) -> None:
+        """A generation gate met; `edit_pair`: it cost the generation its edit pair."""
+        self.gates[gate] += 1
+        if edit_pair:
+            self.dropped[gate] += 1
 
     # -- rows of a prompt group ------------------------------------------------------------------------------------
 
@@ -303,8 +320,11 @@ class _Rules:
                     gate = p.prompt_gate or p.final_gate or p.completion_gate
                     if gate:
                         gates[gate] += 1
+                        self.dropped[gate] += 1
                     elif fresh_pair(final, completion):
                         rows.append(_row("edit_pair", f"edit:{gid}", g, edited, chosen=final, rejected=completion))
+                    else:
+                        self.dropped["near_duplicate"] += 1
                 gate = p.prompt_gate or p.final_gate
                 if gate:
                     gates[gate] += 2  # the final kto row and the sft row
@@ -346,7 +366,7 @@ class _Rules:
                     break
                 chosen, other = a.g.completion, r.g.completion
                 distance = Levenshtein.normalized_distance(chosen, other, score_cutoff=min_distance)
-                if distance < min_distance or _whitespace_only(chosen, other):
+                if distance < min_distance or trivial_change(chosen, other):
                     gates["trivial_pair"] += 1
                     continue
                 made += 1
@@ -419,12 +439,19 @@ def _decision_events(g: Gen) -> list[tuple[str, datetime]]:
     return events
 
 
-def _whitespace_only(a: str, b: str) -> bool:
-    """Whether the texts differ only in whitespace. Counting first (spaces, tabs and line breaks; other whitespace
-    makes texts count as different): most edits change how much is not space, and counting copies nothing."""
+def trivial_change(a: str, b: str) -> bool:
+    """Whether the texts differ in nothing a reader could care about: spaces at line ends, blank lines, a final line
+    break. Indentation and spaces inside a line count (syntax in Python; a formatting convention elsewhere). Counting
+    first: most edits change how much is not space, and counting copies nothing."""
+    if a == b:
+        return True
     if _not_space(a) != _not_space(b):
         return False
-    return a.split() == b.split()
+    return _meaningful_lines(a) == _meaningful_lines(b)
+
+
+def _meaningful_lines(text: str) -> list[str]:
+    return [stripped for line in text.splitlines() if (stripped := line.rstrip())]
 
 
 def _not_space(text: str) -> int:

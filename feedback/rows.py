@@ -281,6 +281,7 @@ class _Build:
         self.derivation = derivation.version(config)
         self.opted_out = consent.opted_out_users(session, project_id)  # the consent rule (feedback/consent.py)
         self.gates: Counter[str] = Counter()
+        self.dropped_edit_pairs: Counter[str] = Counter()
         self.rows: Counter[str] = Counter()
         self.added: Counter[str] = Counter()
         self.changed: Counter[str] = Counter()
@@ -311,6 +312,8 @@ class _Build:
     def report(self) -> dict[str, Any]:
         return {
             "gates": {g: self.gates[g] for g in GATES},
+            # per gate, the edited generations it cost an edit pair (what the gates took from the preference data)
+            "edit_pairs_dropped": {g: n for g in GATES if (n := self.dropped_edit_pairs[g])},
             "rows": {k: self.rows[k] for k in KINDS},  # derived, after the gates (unchanged ones included)
             "added": {k: self.added[k] for k in KINDS},
             "changed": {k: self.changed[k] for k in KINDS},
@@ -439,6 +442,7 @@ class _Build:
             ]
         derived = derivation.derive(gens, self.config)
         self.gates.update(derived.gates)
+        self.dropped_edit_pairs.update(derived.dropped_edit_pairs)
         for row in derived.rows:
             page.produced[(row["kind"], row["source_key"])] = row
         self.seconds["syntax"] += derived.syntax_s

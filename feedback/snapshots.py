@@ -2,13 +2,17 @@
 that no prompt sits on both sides, and its export in TRL's own column format.
 
 The split's unit is the prompt group (rows sharing `prompt_hash`): rows of one prompt are near-duplicates of each
-other, so splitting inside a group would leak eval answers into training.
-- split_by=time: the newest groups (by their latest `occurred_at`) are eval; `eval_fraction` of the groups, rounded,
-  at least one when there are two groups or more, never all of them.
+other, so splitting inside a group would leak eval answers into training. The split is stratified by the richest
+kind of row a group holds (edit_pair, then sft, choice_pair, kto): each stratum is split on its own, so the eval
+split holds edited generations whenever the snapshot holds two groups of them, however many KTO rows surround
+them (an evaluation needs the users' final code to replay).
+- split_by=time: within each stratum, the newest groups (by their latest `occurred_at`) are eval; `eval_fraction`
+  of the stratum's groups, rounded, at least one when it has two groups or more, never all of them.
 - split_by=user: a group belongs to its earliest user (the user of its earliest row that has one; a group with no
   user is its own owner), and an owner is eval when a stable hash of it falls below `eval_fraction`. So a user's
   prompts land on one side (except a prompt that another user asked first), and stay there in later snapshots.
-  With two owners or more, at least one is eval and one is train; a lone owner is train.
+  With two owners or more, at least one is eval and one is train; a lone owner is train. A stratum with two owners
+  or more and none held out gets its first owner by hash held out as well (so a user's prompts stay on one side).
 """
 
 import hashlib
@@ -97,12 +101,17 @@ def cut_snapshot(
     return snapshot
 
 
+# The strata of the split, richest first: a group belongs to the first kind it holds rows of.
+_STRATA = ("edit_pair", "sft", "choice_pair", "kto")
+
+
 class _Group:
-    __slots__ = ("latest", "first")
+    __slots__ = ("latest", "first", "stratum")
 
     def __init__(self) -> None:
         self.latest: datetime | None = None
         self.first: tuple[datetime, str, str, str] | None = None  # (occurred_at, kind, source_key, user)
+        self.stratum = len(_STRATA)  # index into _STRATA of its richest kind
 
 
 def _groups(session: Session, snapshot_id: int) -> dict[str, _Group]:
@@ -112,6 +121,8 @@ def _groups(session: Session, snapshot_id: int) -> dict[str, _Group]:
     for prompt_hash, occurred_at, kind, source_key, user in session.execute(query):
         group = groups.setdefault(prompt_hash, _Group())
         group.latest = occurred_at if group.latest is None else max(group.latest, occurred_at)
+        if kind in _STRATA:
+            group.stratum = min(group.stratum, _STRATA.index(kind))
         if user is not None and (group.first is None or (occurred_at, kind, source_key, user) < group.first):
             group.first = (occurred_at, kind, source_key, user)
     return groups
@@ -121,10 +132,17 @@ def _eval_groups(groups: dict[str, _Group], config: DatasetConfig) -> list[str]:
     """The prompt hashes held out for evaluation, sorted (see the module docstring for the rule)."""
     if len(groups) < 2 or config.eval_fraction == 0:
         return []
+    strata: dict[int, list[str]] = {}
+    for h, g in groups.items():
+        strata.setdefault(g.stratum, []).append(h)
     if config.split_by == "time":
-        n = min(len(groups) - 1, max(1, math.floor(len(groups) * config.eval_fraction + 0.5)))
-        newest = sorted(groups, key=lambda h: (groups[h].latest, h), reverse=True)
-        return sorted(newest[:n])
+        held_out: list[str] = []
+        for members in strata.values():
+            if len(members) < 2:
+                continue
+            n = min(len(members) - 1, max(1, math.floor(len(members) * config.eval_fraction + 0.5)))
+            held_out += sorted(members, key=lambda h: (groups[h].latest, h), reverse=True)[:n]
+        return sorted(held_out)
     owner = {h: f"user:{g.first[3]}" if g.first else f"prompt:{h}" for h, g in groups.items()}
     bucket = {o: int(hashlib.sha256(o.encode()).hexdigest()[:15], 16) / 16**15 for o in set(owner.values())}
     held = {o for o, b in bucket.items() if b < config.eval_fraction}
@@ -132,6 +150,10 @@ def _eval_groups(groups: dict[str, _Group], config: DatasetConfig) -> list[str]:
         held.discard(max(bucket, key=lambda o: (bucket[o], o)))
     if not held and len(bucket) >= 2:
         held.add(min(bucket, key=lambda o: (bucket[o], o)))
+    for members in strata.values():
+        owners = {owner[h] for h in members}
+        if len(owners) >= 2 and not owners & held and len(held) + 1 < len(bucket):
+            held.add(min(owners, key=lambda o: (bucket[o], o)))
     return sorted(h for h, o in owner.items() if o in held)
 
 

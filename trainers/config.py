@@ -158,6 +158,12 @@ class GRPORunConfig(OnlineRunConfig):
 class RLOORunConfig(OnlineRunConfig):
     """RLOO (TRL RLOOTrainer): each completion's baseline is the mean reward of the other completions of its prompt."""
 
+    parse_weight: float = Field(
+        4.0,
+        ge=0,
+        description="Weight of Python parse validity. RLOO's is GRPO's doubled: at 2 it traded syntax for style "
+        "(benchmarks/README.md, online RL and syntax).",
+    )
     normalize_advantages: bool = Field(
         True,
         description="Standardise advantages over the batch. TRL's default is off; with reward-model logits of +-5 "

@@ -88,6 +88,19 @@ def evaluate_policy(
             "n": len(logged),
             **metrics.compare_replay(ours, {"upstream": theirs})["upstream"],
         }
+    edited = [i for i, r in enumerate(replay) if r.get("editloop_original") is not None]
+    if edited:  # small edits: what the user changed, where the whole-text distance barely moves
+        originals = [replay[i]["editloop_original"] for i in edited]
+        out["edit_region"] = {
+            system: {
+                k: v
+                for k, v in metrics.edited_region_replay(
+                    [texts[i] for i in edited], [finals[i] for i in edited], originals
+                ).items()
+                if k != "distances"
+            }
+            for system, texts in generated.items()
+        }
     python = [i for i, r in enumerate(replay) if r.get("editloop_python")]
     flags = {system: [metrics.parses(texts[i]) for i in python] for system, texts in generated.items()}
     out["parse_rate"] = {system: {"rate": sum(f) / len(f) if f else None, "n": len(f)} for system, f in flags.items()}

@@ -240,12 +240,24 @@ def _online_prompts(ctx: RunContext, tokenizer: Any, limit: int) -> list[dict[st
 
 
 def _replay_rows(ctx: RunContext, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
-    """Held-out prompts and what the user finally kept for them (the eval split's SFT rows)."""
+    """Held-out prompts and what the user finally kept for them (the eval split's SFT rows), with the model's
+    completion that the user edited (`editloop_original`, from the same generation's edit pair) where there is one:
+    the edited-region replay compares only what the user changed."""
     rows = _rows(ctx, "sft", "eval", limit)
     fields = ("prompt", "completion", "editloop_source_key", "editloop_python")
     out = as_text(rows, tokenizer, fields)
     for text, row in zip(out, rows, strict=True):  # to find the upstream's logged answer to the same prompt
         text["editloop_generation_ids"] = row["editloop_generation_ids"]
+    with session_scope(ctx.url) as session:
+        pairs = load_rows(session, ctx.project_id, ctx.snapshot.id, "preference", "eval", kinds=("edit_pair",))
+    originals = {
+        p["editloop_source_key"].removeprefix("edit:"): p["rejected"]
+        for p in as_text(pairs, tokenizer, ("rejected", "editloop_source_key"))
+    }
+    for row in out:
+        original = originals.get(row["editloop_source_key"].removeprefix("sft:"))
+        if original is not None:
+            row["editloop_original"] = original
     return out
 
 

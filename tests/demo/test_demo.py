@@ -16,7 +16,7 @@ from core.settings import Settings
 from demo.editors import react
 from demo.restyle import restyle
 from demo.run import run_demo
-from demo.tastes import TASTES, load_taste
+from demo.tastes import SMALL_TASTES, TASTES, load_taste
 from feedback.models import Generation
 
 CAMEL_UNTYPED = "def addAll(itemList):\n    return sum(itemList)\n"
@@ -144,3 +144,16 @@ def test_the_upstream_demo_switches_to_our_adapter_when_it_wins(tiny_model: Path
     assert "upstream" not in last["served"] and ours, last["served"]
     assert min(m["acceptance"] for m in ours) >= rented["acceptance"]
     assert max(m["cost_per_accepted"] for m in ours) < rented["cost_per_accepted"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("taste", SMALL_TASTES)
+def test_the_demo_lifts_a_small_edit_taste_by_30_points(taste: str, tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 25's claim: a taste whose edits touch about 1% of a completion is learnt too, with the demo's defaults."""
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings.sqlalchemy_url)
+    report = run_demo(settings, Console(width=120), taste=taste, model_dir=tiny_model, out_dir=tmp_path / "out")
+    rates = [r["acceptance_rate"] for r in report["rounds"]]
+    assert report["acceptance_gain_points"] >= 30, rates
+    kept = [r["training"]["rows"]["edit_pair"] for r in report["rounds"] if r.get("training")]
+    assert kept[0] >= 40, kept  # the small edits are kept as edit pairs, not dropped as trivial

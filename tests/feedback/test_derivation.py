@@ -238,3 +238,47 @@ def test_accepted_upstream_generations_are_distilled_into_sft_rows_and_ours_are_
     negatives = {r["source_key"] for r in rows if r["kind"] == "kto" and r["label"] is False}
     assert negatives == {"kto:completion:down"}  # a rejected upstream generation is a KTO negative, as ours are
     assert not [r for r in derive(gens, DatasetConfig(distill_upstream=False)).rows if r["kind"] == "sft"]
+
+
+def test_trivial_is_by_meaning_not_by_size():
+    """Line-end spaces and blank lines are trivial; a two-character convention, a space inside a line and a changed
+    indentation are what a user cares about, however small."""
+    trivial = BODY.replace("    return", "\n\n    return").replace("= 0\n", "= 0   \n")
+    convention = BODY.replace("return total", "return (total)")
+    spacing = BODY.replace("total += x", "total+=x")
+    indent = BODY.replace("        total += x", "      total += x")
+    got, gates = rows_of(
+        edited("trivial", final=trivial),
+        edited("convention", prompt="def c():\n", final=convention),
+        edited("spacing", prompt="def s():\n", final=spacing),
+        edited("indent", prompt="def i():\n", final=indent, language="text"),
+    )
+    assert gates == {"trivial_edit": 1}
+    assert {"edit:convention", "edit:spacing", "edit:indent"} <= set(got) and "edit:trivial" not in got
+    assert got["kto:completion:trivial"]["label"] is True and got["kto:completion:convention"]["label"] is False
+
+
+def test_the_edit_pairs_each_gate_dropped_are_counted():
+    derived = derive(
+        [
+            edited("trivial", final=BODY + "\n\n"),
+            edited("rewrite", prompt="def w():\n", final="pass\n"),
+            edited("broken", prompt="def b():\n", final=EDITED.replace("if x > 0:", "if x > 0")),
+            edited("kept", prompt="def k():\n"),
+            edited("again", t=1, prompt="def k():\n"),  # repeats "kept": a near-duplicate pair
+            gen("accepted", "accepted", prompt="def a():\n"),
+        ],
+        DEFAULTS,
+    )
+    assert dict(derived.dropped_edit_pairs) == {
+        "trivial_edit": 1,
+        "total_rewrite": 1,
+        "broken_syntax": 1,
+        "near_duplicate": 1,
+    }
+
+
+def test_min_edit_distance_still_makes_small_edits_trivial_when_set():
+    small = BODY.replace("return total", "return (total)")
+    got, gates = rows_of(edited("g", final=small), config=DatasetConfig(min_edit_distance=0.2))
+    assert gates == {"trivial_edit": 1} and "edit:g" not in got

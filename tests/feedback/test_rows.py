@@ -521,6 +521,7 @@ def test_the_report_counts_what_the_build_did(db_url):
     assert report["rows"] == {"edit_pair": 1, "choice_pair": 1, "kto": 5, "sft": 1}
     assert report["added"] == report["rows"] and result.rows_added == sum(report["rows"].values())
     assert gates(result) == {"trivial_edit": 1}
+    assert report["edit_pairs_dropped"] == {"trivial_edit": 1}  # what the gates cost the preference data
     assert set(report) >= {"gates", "rows", "added", "changed", "removed", "derivation", "seconds"}
     assert set(report["rows"]) == set(KINDS)
     with session_scope(db_url) as session:

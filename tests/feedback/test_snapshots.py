@@ -124,6 +124,22 @@ def test_time_split_holds_out_the_newest_prompt_groups(session):
     assert snap.counts["edit_pair"] == {"train": 8, "eval": 2} and snap.counts["kto"] == {"train": 0, "eval": 1}
 
 
+@pytest.mark.parametrize("split_by", ["time", "user"])
+def test_the_split_is_stratified_so_eval_holds_edits_among_many_newer_kto_rows(session, split_by):
+    p = project(session, split_by, eval_fraction=0.1)
+    # Four edited prompts, then thirty prompts with KTO rows only, all newer: unstratified, the newest 10% of the
+    # groups would all be KTO-only and the evaluation would have no edit to replay.
+    for g in range(4):
+        session.add(training_row(p.id, "edit_pair", f"def e{g}():\n", t=g, user=f"editor{g}"))
+        session.add(training_row(p.id, "sft", f"def e{g}():\n", t=g, user=f"editor{g}"))
+    session.add_all(training_row(p.id, "kto", f"def k{g}():\n", t=100 + g, user=f"k{g % 9}") for g in range(30))
+    session.flush()
+    snap = cut_snapshot(session, p.id)
+    assert snap.counts["edit_pair"]["eval"] >= 1 and snap.counts["sft"]["eval"] >= 1
+    assert snap.counts["edit_pair"]["train"] >= 1 and snap.counts["kto"]["eval"] >= 1
+    assert all(len(s) == 1 for s in sides(session, snap.id).values())
+
+
 @pytest.mark.parametrize(("groups", "fraction", "held"), [(1, 0.5, 0), (2, 0.01, 1), (3, 0.9, 2), (5, 0.0, 0)])
 def test_time_split_edges(session, groups, fraction, held):
     p = project(session, "time", eval_fraction=fraction)
@@ -191,7 +207,7 @@ def test_hash_is_deterministic_backend_independent_and_follows_content(session):
     second = cut_snapshot(session, p.id)
     assert first.sha256 == second.sha256 != ""
     # The same constant on Postgres and SQLite: the hash depends on the rows, never on the backend.
-    assert first.sha256 == "387d54c402a85bce72f751d1a588cf1ab3bca27c33fe3ed413d18f4e131d4672"
+    assert first.sha256 == "8a8d244eceee1c86c3b7716f556eec66026599e3c0383659215d6b10e6f36dc3"
 
     row = session.scalars(select(TrainingRow).filter_by(project_id=p.id, source_key="g1:edit")).one()
     row.chosen = "    return b + a\n"

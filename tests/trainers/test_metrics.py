@@ -207,3 +207,19 @@ def test_guardrail_checks() -> None:
     assert ev.length_shortfall("return a", "return a + b") == pytest.approx(1 - 8 / 12)
     assert ev.length_shortfall("return a + b + c", "return a + b") == 0.0
     assert ev.length_shortfall("anything", "   ") == 0.0
+
+
+def test_edited_region_replay_tells_a_learned_convention_from_none() -> None:
+    """A one-character convention in a long function: the whole-text distance barely moves, the region one does."""
+    body = "".join(f"    value_{i} = {i} * {i}\n" for i in range(12))
+    original = f"def total(items):\n{body}    return value_0\n"
+    final = original.replace("def total", "def _total")
+    assert ev.edited_windows(original, final) == ["def _total(it"]
+    learned = ev.edited_region_replay([final, final], [final, final], [original, original])
+    unlearned = ev.edited_region_replay([original, original], [final, final], [original, original])
+    assert learned["mean"] == 0.0 and learned["region_match"] == 1.0
+    assert unlearned["region_match"] == 0.0
+    whole = ev.normalized_edit_distance(original, final)
+    assert unlearned["mean"] > 5 * whole  # the region distance shows what the whole-text one dilutes
+    # An example the user did not change says nothing about the edit and is left out.
+    assert ev.edited_region_replay([original], [original], [original])["n"] == 0
