@@ -15,9 +15,10 @@ from trainers import distributed
 from trainers.config import DPORunConfig
 from trainers.methods import dpo
 
-# Two processes sum their halves' gradients in another order than one process sums the batch, and pad each half to
-# its own longest pair: the curves agree to float rounding, well inside this.
-TOLERANCE = 1e-3
+# The reward model's batches are the same pairs in one process or two: the curves agree to float rounding. DPO's
+# length-grouped sampler sizes its megabatches by the per-device batch (transformers' get_length_grouped_indices), so
+# two processes see the same pairs in another order: the same curve within a few thousandths of a loss near 0.69.
+TOLERANCE = {"reward": 1e-4, "dpo": 5e-3}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_two_processes_train_the_loss_curve_of_one(kind, config, model_dir, tmp_
     assert launched.metrics["num_processes"] == 2
     one_curve, two_curve = alone.metrics["loss_curve"], launched.metrics["loss_curve"]
     assert len(one_curve) == len(two_curve) == 4
-    assert two_curve == pytest.approx(one_curve, abs=TOLERANCE)
+    assert two_curve == pytest.approx(one_curve, abs=TOLERANCE[kind])
     assert list((tmp_path / "two" / "launched" / "adapter").glob("adapter_model.*"))  # one adapter, from rank 0
     assert type(launched.model).__name__.startswith("Peft")
 
