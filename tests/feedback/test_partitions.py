@@ -21,6 +21,7 @@ from feedback.partitions import build_partition, finish, part_of, plan_build, wo
 from feedback.tasks import build_project_rows
 from tests.factories import generation
 from tests.feedback.test_rows import age, build, decided, edit, new_project, rows, send, variant
+from tests.trainers.test_worker import redis_url  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = [f"def task_{i}(items):\n" for i in range(12)]
@@ -153,4 +154,43 @@ def test_a_worker_killed_mid_partition_leaves_it_to_another_and_the_same_rows(pg
         work(pg_url, plan, "rescuer", stale=timedelta(0))
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    assert rows(pg_url, parted, None) == rows(pg_url, one, None)
+
+
+def test_celery_workers_build_the_partitions_the_task_plans(pg_url, redis_url, tmp_path):  # noqa: F811 (fixture)
+    """Two real default-queue worker processes: the build task plans, its messages go after the commit, the workers
+    claim and build the partitions, and the last one finishes the build."""
+    from core.queue import configure
+    from core.settings import Settings
+    from tests.trainers.test_worker import start_worker, stop, wait_for
+
+    one, parted = both(pg_url, workload(6))
+    build(pg_url, one)
+    env = {
+        "EDITLOOP_DATABASE_URL": pg_url,
+        "EDITLOOP_BROKER_URL": redis_url,
+        "EDITLOOP_DATA_DIR": str(tmp_path),
+        "EDITLOOP_ROWS_PARTITIONS": "4",
+    }
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    workers = [start_worker(env, tmp_path / name) for name in ("a", "b")]
+    try:
+        app = configure(Settings(database_url=pg_url, broker_url=redis_url, data_dir=tmp_path))
+        app.send_task("feedback.build_rows", args=[parted])
+
+        def finished():
+            with session_scope(pg_url) as s:
+                return s.scalar(select(DatasetBuild).where(DatasetBuild.project_id == parted))
+
+        result = wait_for(finished, "the partitioned build", workers[0], tmp_path / "a" / "worker.log")
+        assert result.report["partitions"] == 4
+        with session_scope(pg_url) as s:
+            claimed = set(
+                s.scalars(select(DatasetBuildPartition.claimed_by).where(DatasetBuildPartition.project_id == parted))
+            )
+        assert len(claimed) >= 1 and None not in claimed
+    finally:
+        for worker in workers:
+            stop(worker)
     assert rows(pg_url, parted, None) == rows(pg_url, one, None)
