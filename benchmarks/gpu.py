@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.perf_counter()
     model_dir = build_model(work / "model", QWEN_CODER_1_5B if cuda else TINY, vocab=8192 if cuda else 512)
     record["model_build_s"] = round(time.perf_counter() - clock, 1)
+    built = json.loads((model_dir / "config.json").read_text())
+    record["model_shape"] = {k: built.get(k) for k in QWEN_CODER_1_5B}  # as built (the CPU's vocabulary is smaller)
     data = pairs(steps * 8)
 
     ours, trained = dpo_ours(model_dir, data, steps, "none", work / "dpo-lora")

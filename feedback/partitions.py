@@ -169,6 +169,10 @@ def finish(url: str, plan: str) -> int | None:
         first = session.scalars(select(_P).where(_P.plan == plan).limit(1)).first()
         if first is None:
             raise NotFound(f"build plan {plan} does not exist")
+        # Checked before the lock: the exclusive lock waits for every partition being built (they hold it shared),
+        # and a worker would wait there instead of claiming the next partition.
+        if session.scalar(select(func.count()).where(_P.plan == plan, _P.state != "done")):
+            return None
         session.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK})"), {"p": first.project_id})
         parts = session.scalars(select(_P).where(_P.plan == plan).order_by(_P.part).with_for_update()).all()
         if parts[0].build_id is not None:
