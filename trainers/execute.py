@@ -113,8 +113,12 @@ def _reward(ctx: RunContext, config: Any, stage: str = "reward") -> tuple[int, d
     )
     parent, init = _start(ctx, config, "reward")
     set_seed(config.seed)
-    model = load_model(
-        ctx.base_model, ctx.base_revision, head="reward", quantization=resolve_quantization(config.quantization)
+    model = (
+        None  # the launched processes load their own; the adapter comes back on a fresh base
+        if distributed.launched(config)
+        else load_model(
+            ctx.base_model, ctx.base_revision, head="reward", quantization=resolve_quantization(config.quantization)
+        )
     )
     ctx.reporter.set_stage(stage)
     ctx.reporter.restart_clock()
@@ -161,8 +165,12 @@ def _policy(ctx: RunContext, kind: str, config: Any) -> tuple[int, dict[str, Any
             load_reward_model(ctx.base_model, ctx.base_revision, str(scorer_version[1]), tokenizer), tokenizer
         )
     set_seed(config.seed)
-    model = load_model(
-        ctx.base_model, ctx.base_revision, head="causal", quantization=resolve_quantization(config.quantization)
+    model = (
+        None  # the launched processes load their own; the adapter comes back on a fresh base
+        if distributed.launched(config)
+        else load_model(
+            ctx.base_model, ctx.base_revision, head="causal", quantization=resolve_quantization(config.quantization)
+        )
     )
     ctx.reporter.set_stage(kind)
     ctx.reporter.restart_clock()

@@ -82,3 +82,22 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(model_dir, tm
     config = DPORunConfig(batch_size=3, max_steps=1, num_processes=2, cpu_speedups=False)
     with pytest.raises(RuntimeError, match="does not split"):
         distributed.train("dpo", config, (str(model_dir), None), pairs(4), tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_a_run_that_asks_for_two_processes_registers_one_adapter(sqlite_url, model_dir, tmp_path):
+    from core.db import session_scope
+    from tests.trainers.test_runs import FAST, run_once, settings_for
+    from tests.trainers.tiny import style_project
+    from trainers import registry
+    from trainers.models import AdapterVersion
+
+    project_id = style_project(sqlite_url, model_dir)
+    run = run_once(sqlite_url, project_id, "dpo", settings_for(sqlite_url, tmp_path), **FAST, num_processes=2)
+    assert run.status == "succeeded", run.error
+    assert len(run.version_ids) == 1
+    with session_scope(sqlite_url) as session:
+        version = session.get(AdapterVersion, run.version_ids[0])
+        assert version.manifest["config"]["num_processes"] == 2
+        assert version.metrics["train"]["num_processes"] == 2 and version.metrics["train"]["steps"] == 4
+        assert list(registry.verified_path(version).glob("adapter_model.*"))
