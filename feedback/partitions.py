@@ -139,13 +139,14 @@ def build_partition(url: str, partition_id: int, worker: str, stale: timedelta =
         if not claim(session, partition_id, worker, stale):
             return False
     with session_scope(url) as session:
+        # One builder per partition: a worker whose claim was taken over may still be running. The state is read
+        # under the lock, so a partition that another builder finished meanwhile is not built again.
+        lock = text("SELECT pg_try_advisory_xact_lock(hashtextextended('build-part:' || CAST(:i AS text), 0))")
+        if not session.scalar(lock, {"i": partition_id}):
+            return False
         part = session.get(_P, partition_id)
         assert part is not None
         if part.state != "running":
-            return False
-        # One builder per partition: a worker whose claim was taken over may still be running.
-        lock = text("SELECT pg_try_advisory_xact_lock(hashtextextended('build-part:' || CAST(:i AS text), 0))")
-        if not session.scalar(lock, {"i": partition_id}):
             return False
         session.execute(text(f"SELECT pg_advisory_xact_lock_shared({_LOCK})"), {"p": part.project_id})
         project = session.get(Project, part.project_id)
