@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, cast, func, select, text, update
 from sqlalchemy.dialects.postgresql import BIT
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import BigInteger
 
@@ -73,6 +74,22 @@ class _PartBuild(_Build):
         mine = {h for h in hashes if part_of(h, self.parts) == self.part}
         self.foreign |= hashes - mine
         return super()._add_groups(gens, mine)
+
+    def _analyze(self) -> bool:
+        """ANALYZE takes a lock that another ANALYZE waits for until its transaction ends: partitions building at
+        once would run one after the other. So it is tried without waiting, and while another partition holds it,
+        the statistics it commits are waited for instead (the planner reads the latest committed ones)."""
+        if _has_statistics(self.session, "training_rows"):
+            return True
+        previous = _set_local(self.session, "lock_timeout", "20ms")
+        try:
+            with self.session.begin_nested():
+                self.session.execute(text("ANALYZE training_rows"))
+            return True
+        except OperationalError:  # lock_not_available: another partition is analyzing
+            return False
+        finally:
+            _set_local(self.session, "lock_timeout", previous)
 
 
 def plan_build(session: Session, project_id: int, parts: int, *, now: datetime | None = None) -> str:
