@@ -404,6 +404,9 @@ def partitioned_build(url: str, project_id: int, workers: int, parts: int) -> di
         for i in range(workers)
     ]
     time.sleep(5)  # imports: a running worker has them
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     clock = time.perf_counter()
     for proc in procs:
         assert proc.stdin is not None
@@ -411,6 +414,10 @@ def partitioned_build(url: str, project_id: int, workers: int, parts: int) -> di
         proc.stdin.flush()
     built = [int(proc.communicate()[0].strip() or 0) for proc in procs]
     seconds = time.perf_counter() - clock
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The workers' CPU seconds (their imports before the clock included): on a shared machine, with the wall clock,
+    # it tells whether the workers ran concurrently or waited for cores.
+    workers_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     with session_scope(url) as session:
         read = session.execute(
             text("SELECT generations_read, report FROM dataset_builds WHERE project_id = :p ORDER BY id DESC LIMIT 1"),
@@ -420,10 +427,12 @@ def partitioned_build(url: str, project_id: int, workers: int, parts: int) -> di
         "workers": workers,
         "partitions": parts,
         "partitions_per_worker": built,
+        "workers_cpu_s": round(workers_cpu, 3),
         "seconds": round(seconds, 3),
         "generations_read": read.generations_read,
         "generations_per_s": round(read.generations_read / seconds),
         "rows": read.report["rows"],
+        "phases_s": read.report["seconds"],  # summed over the partitions: CPU-ish seconds across the workers
     }
 
 
@@ -558,7 +567,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rows by kind: {full['report']['rows']}")
         print(f"gates: {full['report']['gates']}")
         for name, r in scale.items():
-            print(f"from scratch, {name}: {r['generations_per_s']:,} generations/s, rows digest {r['digest'][:16]}")
+            cpu = f", workers' CPU {r['workers_cpu_s']} s" if "workers_cpu_s" in r else f", CPU {r['client_cpu_s']} s"
+            print(
+                f"from scratch, {name}: {r['generations_per_s']:,} generations/s{cpu}, rows digest {r['digest'][:16]}"
+            )
         if scale:
             same = len({r["digest"] for r in scale.values()}) == 1
             print(f"digests {'identical' if same else 'DIFFER'}")
