@@ -13,7 +13,7 @@ With --cpu (the smoke test of the default suite): tiny shapes of the same config
 TRL's defaults, and the vllm and grpo sections marked "not run". Every figure goes to benchmarks/results/gpu-<UTC>.json.
 
 Run:  benchmarks/gpu.sh          (installs what it needs into a venv, then runs this)
-      benchmarks/gpu.sh --cpu    (this repository's venv; about a minute)
+      benchmarks/gpu.sh --cpu    (this repository's venv; the smoke test)
 """
 
 import argparse
@@ -123,8 +123,11 @@ def _reset_peak(cuda: bool) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def dpo_ours(model_dir: Path, data: list[dict[str, str]], steps: int, quantization: str, work: Path) -> dict[str, Any]:
-    """Our DPO (trainers/methods/dpo.py) with our defaults; `quantization` as resolved (none | 4bit)."""
+def dpo_ours(
+    model_dir: Path, data: list[dict[str, str]], steps: int, quantization: str, work: Path
+) -> tuple[dict[str, Any], Any]:
+    """Our DPO (trainers/methods/dpo.py) with our defaults; `quantization` as resolved (none | 4bit). Returns the
+    figures and the trained model (the vLLM section serves its adapter)."""
     import torch
 
     from ml.loading import load_model, load_tokenizer
