@@ -5,7 +5,9 @@ Creates a throw-away Postgres database, migrates it, bulk-loads N generations wi
 ingest service stores: the events, whose payloads hold the code, and the `generations` rows that name them, with
 outcome and edit distance filled by `feedback.join.derive`), runs ANALYZE, then times in this one process: a full
 build, a second build with no new feedback (it re-reads only the overlap), and an incremental build after `--touch`
-generations got a new edit. Prints a table with the phases each build spent its time in and the CPU time of this
+generations got a new edit. Then, from empty tables each time, a full build in one process and a partitioned build
+(feedback/partitions.py) by 1 and by 2 worker processes (`--workers`), each with the digest of the rows it made: the
+digests must be equal. Prints a table with the phases each build spent its time in and the CPU time of this
 process and of the server's backend, and writes everything to benchmarks/results/pairs-<UTC timestamp>.json.
 
 Run:  .venv/bin/python benchmarks/pairs.py            (about a minute for 100,000 generations; see --help)
@@ -39,7 +41,8 @@ from core.projects import create_project  # noqa: E402
 from feedback import syntax, texts  # noqa: E402
 from feedback.bulk import BulkWriter  # noqa: E402
 from feedback.join import ROW_CODE, derive, empty_row, prompt_hash  # noqa: E402
-from feedback.models import FeedbackEvent, Generation  # noqa: E402
+from feedback.models import FeedbackEvent, Generation, TrainingRow  # noqa: E402
+from feedback.partitions import plan_build  # noqa: E402
 from feedback.rows import build_rows  # noqa: E402
 
 TARGET = 10_000  # generations/s
@@ -67,6 +70,7 @@ _COLUMNS = [c.name for c in _G.columns if c.name != "id"]
 _WRITE = BulkWriter(
     _G, _COLUMNS, conflict=["project_id", "generation_id"], update=[c for c in _COLUMNS if c != "project_id"]
 )
+_ROW_COLUMNS = [c.name for c in TrainingRow.__table__.columns]
 _E = FeedbackEvent.__table__
 _EVENT_COLUMNS = [c.name for c in _E.columns]  # with `id`: the loader numbers the events (see `Events`)
 _WRITE_EVENTS = BulkWriter(_E, _EVENT_COLUMNS, conflict=["project_id", "event_id"])
@@ -349,6 +353,89 @@ def timed_build(url: str, project_id: int, batch_size: int, profile: bool, cold:
     return result
 
 
+def rows_digest(url: str, project_id: int) -> str:
+    """sha256 over the project's rows, every column but the id and the build time, in key order: equal digests are
+    byte-identical rows."""
+    import hashlib
+
+    columns = [c for c in _ROW_COLUMNS if c not in ("id", "built_at")]
+    digest = hashlib.sha256()
+    with get_engine(url).connect() as conn:
+        cursor = conn.exec_driver_sql(
+            f"SELECT {', '.join(columns)} FROM training_rows WHERE project_id = %(p)s ORDER BY kind, source_key",
+            {"p": project_id},
+        )
+        for row in cursor:
+            digest.update(json.dumps(list(row), default=str).encode())
+    return digest.hexdigest()
+
+
+def reset(url: str) -> None:
+    """Empty the rows and builds (one project per benchmark database), as before a first build."""
+    with get_engine(url).connect() as conn:
+        conn.exec_driver_sql("TRUNCATE training_rows, dataset_build_partitions, dataset_builds CASCADE")
+        conn.commit()
+    syntax.clear_cache()
+
+
+WORKER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from feedback.partitions import work
+sys.stdin.readline()  # imported and connected: wait for the start
+print(work(sys.argv[2], sys.argv[3], sys.argv[4]), flush=True)
+"""
+
+
+def partitioned_build(url: str, project_id: int, workers: int, parts: int) -> dict[str, Any]:
+    """A partitioned full build by `workers` processes started beforehand (as running workers are); timed from the
+    plan to the last worker's exit, which comes after the build finished."""
+    import subprocess
+
+    with session_scope(url) as session:
+        plan = plan_build(session, project_id, parts)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(REPO), url, plan, f"w{i}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(workers)
+    ]
+    time.sleep(5)  # imports: a running worker has them
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    clock = time.perf_counter()
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    built = [int(proc.communicate()[0].strip() or 0) for proc in procs]
+    seconds = time.perf_counter() - clock
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The workers' CPU seconds (their imports before the clock included): on a shared machine, with the wall clock,
+    # it tells whether the workers ran concurrently or waited for cores.
+    workers_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    with session_scope(url) as session:
+        read = session.execute(
+            text("SELECT generations_read, report FROM dataset_builds WHERE project_id = :p ORDER BY id DESC LIMIT 1"),
+            {"p": project_id},
+        ).one()
+    return {
+        "workers": workers,
+        "partitions": parts,
+        "partitions_per_worker": built,
+        "workers_cpu_s": round(workers_cpu, 3),
+        "seconds": round(seconds, 3),
+        "generations_read": read.generations_read,
+        "generations_per_s": round(read.generations_read / seconds),
+        "rows": read.report["rows"],
+        "phases_s": read.report["seconds"],  # summed over the partitions: CPU-ish seconds across the workers
+    }
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     head = ["build", "gens read", "derived", "rows", "added", "changed", "removed", "seconds", "gens/s", "rows/s"]
     head += ["read", "derive", "syntax", "compare", "write", "commit", "cpu", "server cpu"]
@@ -406,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         "of the earlier ones, as in a worker process that keeps running)",
     )
     p.add_argument("--keep-db", action="store_true", help="do not drop the database at the end (prints its URL)")
+    p.add_argument(
+        "--workers", default="1,2", help="worker processes of the partitioned builds, comma-separated ('' skips them)"
+    )
+    p.add_argument("--parts", type=int, default=8, help="partitions of a partitioned build (default 8)")
     p.add_argument("--results-dir", type=Path, default=HERE / "results", help="where the JSON results go")
     args = p.parse_args(argv)
 
@@ -453,6 +544,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.touch:
             touch(url, work, events, min(args.touch, args.generations), args.generations, datetime.now(UTC))
             results[f"touched {args.touch:,}"] = timed_build(url, project_id, args.batch_size, False, args.cold_cache)
+        scale: dict[str, Any] = {}
+        if args.workers:
+            reset(url)
+            clock = time.perf_counter()
+            scale["one process"] = {
+                **timed_build(url, project_id, args.batch_size, False),
+                "digest": rows_digest(url, project_id),
+            }
+            for workers in [int(w) for w in args.workers.split(",")]:
+                reset(url)
+                run = partitioned_build(url, project_id, workers, args.parts)
+                scale[f"{workers} worker(s)"] = {**run, "digest": rows_digest(url, project_id)}
         load_after = os.getloadavg()
 
         printed = table(results)
@@ -463,6 +566,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfull build: {full['generations_per_s']:,} generations/s (target {TARGET:,}: {verdict})")
         print(f"rows by kind: {full['report']['rows']}")
         print(f"gates: {full['report']['gates']}")
+        for name, r in scale.items():
+            cpu = f", workers' CPU {r['workers_cpu_s']} s" if "workers_cpu_s" in r else f", CPU {r['client_cpu_s']} s"
+            print(
+                f"from scratch, {name}: {r['generations_per_s']:,} generations/s{cpu}, rows digest {r['digest'][:16]}"
+            )
+        if scale:
+            same = len({r["digest"] for r in scale.values()}) == 1
+            print(f"digests {'identical' if same else 'DIFFER'}")
         print(f"load average before/after the builds: {load_before[0]:.2f} / {load_after[0]:.2f}")
         if "profile" in full:
             print("\ncProfile of the full build (by own time):\n" + full["profile"])
@@ -484,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             "workload": work.kinds,
             "target_generations_per_s": TARGET,
             "builds": results,
+            "scale_out": scale,
             "table": printed,
         }
         out.write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         description="How long the folder waits after an ingest commit before it folds, so that feedback posted right"
         " after its generation folds with it.",
     )
+    rows_partitions: int = Field(
+        0,
+        ge=0,
+        description="0 or 1: a project's rows build in one process (build_rows). N > 1, on Postgres: the build splits"
+        " into N partitions by prompt group that any `default`-queue workers claim and build at once"
+        " (feedback/partitions.py); SQLite always builds in one process.",
+    )
     fold_batch_rows: int = Field(
         64, gt=0, description="Queue rows (ingest transactions) the folder takes per fold transaction."
     )

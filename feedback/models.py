@@ -237,3 +237,26 @@ class GenerationDayMark(Base):
 
     project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DatasetBuildPartition(Base):
+    """One partition of a partitioned build (feedback/partitions.py): the prompt groups whose hash falls in `part`
+    of `parts`. The row is the state; a worker claims it with a conditional update, so messages are only nudges."""
+
+    __tablename__ = "dataset_build_partitions"
+    __table_args__ = (UniqueConstraint("plan", "part"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    plan: Mapped[str] = mapped_column(String(32), index=True)
+    part: Mapped[int] = mapped_column(Integer)
+    parts: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the plan's: every partition's rows carry it
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    watermark: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    report: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    build_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("dataset_builds.id", ondelete="SET NULL"))

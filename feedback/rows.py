@@ -495,8 +495,12 @@ class _Build:
             )
         self.written += len(inserts) + len(upserts)
         if self.analyze_rows and self.written >= _ANALYZE_AFTER:
-            self.session.execute(text("ANALYZE training_rows"))
-            self.analyze_rows = False
+            self.analyze_rows = not self._analyze()
+
+    def _analyze(self) -> bool:
+        """Give the planner statistics of the rows table (see `analyze_rows`); returns whether it has them now."""
+        self.session.execute(text("ANALYZE training_rows"))
+        return True
 
     def _settle(
         self, produced: dict[Key, dict[str, Any]], existing: dict[Key, _Old]

@@ -38,6 +38,18 @@ class BaseRunConfig(BaseModel):
     start_from: Literal["base", "production"] = Field(
         "base", description="Train a fresh adapter on the base, or continue the project's production adapter."
     )
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel training processes (one per GPU; on the CPU, gloo). Above 1 the gpu worker launches"
+        " them (trainers/distributed.py); batch_size stays the global batch, each process takes batch_size /"
+        " num_processes of it.",
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="An `accelerate config` file for the launch (DeepSpeed ZeRO-3 or FSDP for a model that does not"
+        " fit one GPU); its num_processes applies unless num_processes is set above 1.",
+    )
     eval_examples: int = Field(64, ge=0, description="Eval-split examples used by the evaluation (0: skip it).")
     eval_max_new_tokens: int = Field(128, ge=1, description="Tokens generated per prompt in the edit replay.")
 
@@ -92,9 +104,14 @@ def trl_args(args_cls: Any, config: BaseRunConfig, out_dir: str, steps: int, **e
     """The TRL/transformers arguments every method shares, explicit: fp32 on CPU (TRL's bf16 default fails there
     or costs memory), no activation checkpointing (15% slower at these sizes), no checkpoints (a run publishes its
     adapter itself), a log line per step (live metrics)."""
+    import os
+
     import torch
 
     cuda = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # launched by trainers/distributed.py: the batch is split
+    if config.batch_size % world:
+        raise ValueError(f"batch_size: {config.batch_size} does not split over {world} processes")
     return args_cls(
         output_dir=out_dir,
         use_cpu=not cuda,
@@ -111,7 +128,7 @@ def trl_args(args_cls: Any, config: BaseRunConfig, out_dir: str, steps: int, **e
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=min(10, steps // 10),
         max_steps=steps,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=config.batch_size // world,
         max_length=config.max_length,
         **extra,
     )
@@ -143,6 +160,7 @@ def fit(trainer: Any, progress: Progress | None, examples_per_step: int) -> dict
         "examples_per_s": round(steps * examples_per_step / seconds, 3) if seconds else None,
         "train_loss": float(output.training_loss) if output.training_loss is not None else None,
         "last_log": last,
+        "loss_curve": [round(float(h["loss"]), 6) for h in trainer.state.log_history if "loss" in h],
     }
 
 

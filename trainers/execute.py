@@ -23,7 +23,7 @@ from rewards import training as reward_training
 from rewards.config import RewardRunConfig
 from rewards.evaluation import evaluate_reward_model
 from rewards.functions import RewardModelScore, load_reward_model
-from trainers import registry
+from trainers import distributed, registry
 from trainers.config import PipelineRunConfig, model_settings, run_config
 from trainers.data import as_text, load_rows, upstream_completions
 from trainers.evaluate_version import evaluate_policy
@@ -113,13 +113,20 @@ def _reward(ctx: RunContext, config: Any, stage: str = "reward") -> tuple[int, d
     )
     parent, init = _start(ctx, config, "reward")
     set_seed(config.seed)
-    model = load_model(
-        ctx.base_model, ctx.base_revision, head="reward", quantization=resolve_quantization(config.quantization)
+    model = (
+        None  # the launched processes load their own; the adapter comes back on a fresh base
+        if distributed.launched(config)
+        else load_model(
+            ctx.base_model, ctx.base_revision, head="reward", quantization=resolve_quantization(config.quantization)
+        )
     )
     ctx.reporter.set_stage(stage)
     ctx.reporter.restart_clock()
     work = staging_for(ctx.settings, ctx.run_id, "work")
-    trained = reward_training.train(config, model, tokenizer, train_rows, work, ctx.reporter, init)
+    if distributed.launched(config):
+        trained = distributed.train("reward", config, (ctx.base_model, ctx.base_revision), train_rows, work, init)
+    else:
+        trained = reward_training.train(config, model, tokenizer, train_rows, work, ctx.reporter, init)
     if ctx.reporter.cancelled:
         raise Cancelled("cancelled while training the reward model; nothing was registered")
     ctx.reporter.set_stage(f"{stage}: evaluation")
@@ -158,13 +165,20 @@ def _policy(ctx: RunContext, kind: str, config: Any) -> tuple[int, dict[str, Any
             load_reward_model(ctx.base_model, ctx.base_revision, str(scorer_version[1]), tokenizer), tokenizer
         )
     set_seed(config.seed)
-    model = load_model(
-        ctx.base_model, ctx.base_revision, head="causal", quantization=resolve_quantization(config.quantization)
+    model = (
+        None  # the launched processes load their own; the adapter comes back on a fresh base
+        if distributed.launched(config)
+        else load_model(
+            ctx.base_model, ctx.base_revision, head="causal", quantization=resolve_quantization(config.quantization)
+        )
     )
     ctx.reporter.set_stage(kind)
     ctx.reporter.restart_clock()
     work = staging_for(ctx.settings, ctx.run_id, "work")
-    trained = METHODS[kind](config, model, tokenizer, train_rows, work, ctx.reporter, init, **extra)
+    if distributed.launched(config):
+        trained = distributed.train(kind, config, (ctx.base_model, ctx.base_revision), train_rows, work, init)
+    else:
+        trained = METHODS[kind](config, model, tokenizer, train_rows, work, ctx.reporter, init, **extra)
     if scorer_version is not None:
         trained.metrics["reward_model_version"] = scorer_version[0]
     if ctx.reporter.cancelled:

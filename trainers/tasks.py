@@ -19,10 +19,11 @@ from trainers.triggers import check_trigger
 log = logging.getLogger(__name__)
 
 
-def refresh_project(url: str, project_id: int) -> int | None:
+def refresh_project(url: str, project_id: int, partitions: int = 0) -> int | None:
     """Build the project's rows, then start a run if a trigger is due. Two short transactions, so the
-    trigger sees the committed rows. Returns the id of the run started, if any."""
-    build_project_rows(url, project_id)
+    trigger sees the committed rows. Returns the id of the run started, if any. With `partitions` > 1 (Postgres)
+    the build is only planned here and finishes on the default workers: the trigger sees its rows next time."""
+    build_project_rows(url, project_id, partitions)
     with session_scope(url) as session:
         run = check_trigger(session, project_id)
         return run.id if run else None
@@ -30,7 +31,8 @@ def refresh_project(url: str, project_id: int) -> int | None:
 
 @celery_app.task(name="trainers.refresh_project")
 def refresh_project_task(project_id: int) -> int | None:
-    return refresh_project(get_settings().sqlalchemy_url, project_id)
+    settings = get_settings()
+    return refresh_project(settings.sqlalchemy_url, project_id, settings.rows_partitions)
 
 
 def apply_canary_policies(url: str, projects: Sequence[tuple[int, dict[str, Any] | None]]) -> list[dict[str, Any]]:
