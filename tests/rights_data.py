@@ -1,11 +1,18 @@
 """Events of users whose code carries a unique marker, for the data-rights tests: a deletion must leave the marker
 nowhere, and every other user's data as it was."""
 
+import json
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from core import artifacts
+from core.db import session_scope
+from feedback.models import DatasetSnapshot
 from tests.factories import T0
+from trainers import registry
+from trainers.models import AdapterVersion
 
 
 def user_events(
@@ -72,3 +79,34 @@ def _feedback(gid: str, kind: str, t: Any, **fields: Any) -> dict[str, Any]:
         "occurred_at": (t + timedelta(seconds=30)).isoformat(),
         **fields,
     }
+
+
+def publish_version(
+    url: str,
+    root: Path,
+    project_id: int,
+    metrics: dict[str, Any],
+    snapshot_id: int | None = None,
+    parent_id: int | None = None,
+) -> tuple[int, str]:
+    """Register a policy version whose files are stand-ins (nothing loads them): (id, name)."""
+    staging = artifacts.staging_dir(root / "staging", "test")
+    (staging / "adapter_config.json").write_text(json.dumps({"r": 8, "nonce": uuid.uuid4().hex}))
+    (staging / "adapter_model.safetensors").write_bytes(uuid.uuid4().bytes * 10)
+    with session_scope(url) as session:
+        version = registry.register(
+            session,
+            root,
+            project_id,
+            staging,
+            kind="policy",
+            method="dpo",
+            run_id=None,
+            snapshot=session.get(DatasetSnapshot, snapshot_id) if snapshot_id else None,
+            parent=session.get(AdapterVersion, parent_id) if parent_id else None,
+            base_model="tiny",
+            base_revision=None,
+            config={},
+            metrics=metrics,
+        )
+        return version.id, version.name

@@ -3,20 +3,17 @@
 
 import getpass
 import json
-import uuid
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from api.cli import app
-from core import artifacts
 from core.db import session_scope
 from core.projects import get_project, list_keys
 from core.settings import Settings, get_settings
 from feedback.rights_models import SnapshotExport
 from feedback.service import ingest
-from tests.rights_data import user_events
-from trainers import registry
+from tests.rights_data import publish_version, user_events
 
 runner = CliRunner()
 
@@ -27,27 +24,7 @@ def run(*args: str) -> tuple[int, str]:
 
 
 def publish(settings: Settings, project_id: int) -> str:
-    root = settings.artifact_root
-    staging = artifacts.staging_dir(root / "staging", "test")
-    (staging / "adapter_config.json").write_text(json.dumps({"r": 8, "nonce": uuid.uuid4().hex}))
-    (staging / "adapter_model.safetensors").write_bytes(uuid.uuid4().bytes * 10)
-    with session_scope(settings.sqlalchemy_url) as session:
-        version = registry.register(
-            session,
-            root,
-            project_id,
-            staging,
-            kind="policy",
-            method="dpo",
-            run_id=None,
-            snapshot=None,
-            parent=None,
-            base_model="tiny",
-            base_revision=None,
-            config={},
-            metrics={},
-        )
-        return version.name
+    return publish_version(settings.sqlalchemy_url, settings.artifact_root, project_id, {})[1]
 
 
 def test_every_audited_command_is_recorded(tmp_path: Path, monkeypatch) -> None:

@@ -2,15 +2,13 @@
 the audit log, with a test that each audited admin action is recorded (who, from where, what)."""
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
-from core import artifacts
 from core.db import session_scope
 from core.projects import authenticate, get_project
 from tests.conftest import Server, Tenant
-from tests.rights_data import user_events
+from tests.rights_data import publish_version, user_events
 from trainers import registry, rights
 
 
@@ -87,26 +85,7 @@ def test_an_opted_out_user_keeps_outcomes_but_no_code(server: Server, tenant: Te
 
 def publish(server: Server, pid: int, samples: Any = ()) -> str:
     root = server.settings.artifact_root
-    staging = artifacts.staging_dir(root / "staging", "test")
-    (staging / "adapter_config.json").write_text(json.dumps({"r": 8, "nonce": uuid.uuid4().hex}))
-    (staging / "adapter_model.safetensors").write_bytes(uuid.uuid4().bytes * 10)
-    with session_scope(server.db_url) as session:
-        version = registry.register(
-            session,
-            root,
-            pid,
-            staging,
-            kind="policy",
-            method="dpo",
-            run_id=None,
-            snapshot=None,
-            parent=None,
-            base_model="tiny",
-            base_revision=None,
-            config={},
-            metrics={"eval": {"samples": list(samples)}},
-        )
-        return version.name
+    return publish_version(server.db_url, root, pid, {"eval": {"samples": list(samples)}})[1]
 
 
 def test_every_admin_action_over_http_is_audited(server: Server, tenant: Tenant, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from core import artifacts
 from core.db import Base, session_scope, utcnow
 from core.projects import Project, create_project
 from core.settings import Settings
@@ -23,7 +22,7 @@ from feedback.rights_models import DeletionItem, DeletionRequest
 from feedback.rows import build_rows
 from feedback.service import ingest
 from feedback.snapshots import cut_snapshot, export_snapshot
-from tests.rights_data import shared_prompt_events, user_events
+from tests.rights_data import publish_version, shared_prompt_events, user_events
 from trainers import registry, rights
 from trainers.models import AdapterVersion, TrainingRun, VersionFlag
 
@@ -43,28 +42,9 @@ def post(url: str, project_id: int, events: list[dict[str, Any]]) -> None:
 
 
 def publish(url: str, root: Path, project_id: int, snapshot_id: int | None, parent_id: int | None, samples: Any) -> int:
-    staging = artifacts.staging_dir(root / "staging", "test")
-    (staging / "adapter_config.json").write_text(json.dumps({"r": 8}))
-    (staging / "adapter_model.safetensors").write_bytes(uuid.uuid4().bytes * 10)
-    with session_scope(url) as session:
-        snapshot = session.get(DatasetSnapshot, snapshot_id) if snapshot_id else None
-        parent = session.get(AdapterVersion, parent_id) if parent_id else None
-        version = registry.register(
-            session,
-            root,
-            project_id,
-            staging,
-            kind="policy",
-            method="dpo",
-            run_id=None,
-            snapshot=snapshot,
-            parent=parent,
-            base_model="tiny",
-            base_revision=None,
-            config={},
-            metrics={"eval": {"examples": 1, "samples": samples}},
-        )
-        return version.id
+    return publish_version(
+        url, root, project_id, {"eval": {"examples": 1, "samples": samples}}, snapshot_id, parent_id
+    )[0]
 
 
 def dump(url: str) -> str:
