@@ -84,27 +84,27 @@ def test_one_round_through_the_gateway_and_the_pipeline(tiny_model: Path, tmp_pa
         Console(width=120, record=True),
         taste="pep8",
         rounds=1,
-        requests=24,  # not 12: then the eval split (the newest 10% of prompts) may hold no edit to evaluate
+        requests=48,  # the gate judges on the eval split: fewer prompts leave it two or three examples, all noise
         users=2,
         model_dir=tiny_model,
         out_dir=tmp_path / "out",
     )
     base, after = report["rounds"]
-    assert base["served"] == {"base": 24} and base["requests"] == 24
-    assert base["accepted"] + base["edited"] + base["rejected"] == 24
+    assert base["served"] == {"base": 48} and base["requests"] == 48
+    assert base["accepted"] + base["edited"] + base["rejected"] == 48
     training = base["training"]
     assert training["promoted"] and training["production"] == "v2"  # v1 is the reward model
     assert 0 <= training["reward_accuracy"] <= 1
-    assert after["asked"] == "production" and after["served"] == {"v2": 24}
+    assert after["asked"] == "production" and after["served"] == {"v2": 48}
     # The service's own live metrics agree with what the simulated users did.
     assert base["service_metrics"]["accepted"] == base["accepted"]
-    assert base["service_metrics"]["with_feedback"] == 24
-    assert json.loads((tmp_path / "out" / "demo.json").read_text())["rounds"][1]["served"] == {"v2": 24}
+    assert base["service_metrics"]["with_feedback"] == 48
+    assert json.loads((tmp_path / "out" / "demo.json").read_text())["rounds"][1]["served"] == {"v2": 48}
     assert (tmp_path / "out" / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Every generation was recorded by the gateway with the version that made it, and joined to its feedback.
     with session_scope(settings.sqlalchemy_url) as session:
         rows = session.query(Generation.model, Generation.outcome).all()
-    assert sorted({m for m, _ in rows}) == ["base", "v2"] and len(rows) == 48
+    assert sorted({m for m, _ in rows}) == ["base", "v2"] and len(rows) == 96
     assert all(outcome in ("accepted", "edited", "rejected") for _, outcome in rows)
 
 
