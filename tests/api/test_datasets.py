@@ -52,7 +52,7 @@ def test_admin_lists_and_reads_snapshots(server, tenant):
     }
 
     detail = tenant.admin.get(f"/v1/datasets/{second}").json()
-    # The split is stratified by row kind, and a kind held by one prompt alone stays in training (feedback/snapshots.py).
+    # The split is stratified by row kind; a kind held by one prompt alone stays in training (feedback/snapshots.py).
     assert detail["row_count"] == 11 and detail["counts"]["edit_pair"] == {"train": 1, "eval": 0}
     assert detail["build"]["rows_added"] == 11 and detail["build"]["report"] == {"kept": 11}
     assert detail["config"]["split_by"] == "time" and detail["sha256"] == items[0]["sha256"]
