@@ -4,7 +4,7 @@ open; each database touch is short."""
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 
@@ -113,13 +113,7 @@ def _reward(ctx: RunContext, config: Any, stage: str = "reward") -> tuple[int, d
     )
     parent, init = _start(ctx, config, "reward")
     set_seed(config.seed)
-    model = (
-        None  # the launched processes load their own; the adapter comes back on a fresh base
-        if distributed.launched(config)
-        else load_model(
-            ctx.base_model, ctx.base_revision, head="reward", quantization=resolve_quantization(config.quantization)
-        )
-    )
+    model = _base_model(ctx, config, "reward")
     ctx.reporter.set_stage(stage)
     ctx.reporter.restart_clock()
     work = staging_for(ctx.settings, ctx.run_id, "work")
@@ -135,6 +129,15 @@ def _reward(ctx: RunContext, config: Any, stage: str = "reward") -> tuple[int, d
     trained.model.save_pretrained(str(staging))
     metrics = {"train": trained.metrics, "eval": evaluation}
     return _register(ctx, staging, "reward", "reward", parent, config, metrics), metrics
+
+
+def _base_model(ctx: RunContext, config: Any, head: Literal["causal", "reward"]) -> Any:
+    """The base to train in this process, or None for a launched run: its processes load their own, and the adapter
+    comes back on a fresh base."""
+    if distributed.launched(config):
+        return None
+    quantization = resolve_quantization(config.quantization)
+    return load_model(ctx.base_model, ctx.base_revision, head=head, quantization=quantization)
 
 
 def _policy(ctx: RunContext, kind: str, config: Any) -> tuple[int, dict[str, Any]]:
@@ -165,13 +168,7 @@ def _policy(ctx: RunContext, kind: str, config: Any) -> tuple[int, dict[str, Any
             load_reward_model(ctx.base_model, ctx.base_revision, str(scorer_version[1]), tokenizer), tokenizer
         )
     set_seed(config.seed)
-    model = (
-        None  # the launched processes load their own; the adapter comes back on a fresh base
-        if distributed.launched(config)
-        else load_model(
-            ctx.base_model, ctx.base_revision, head="causal", quantization=resolve_quantization(config.quantization)
-        )
-    )
+    model = _base_model(ctx, config, "causal")
     ctx.reporter.set_stage(kind)
     ctx.reporter.restart_clock()
     work = staging_for(ctx.settings, ctx.run_id, "work")
