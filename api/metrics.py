@@ -5,6 +5,7 @@ own process, so `PROMETHEUS_MULTIPROC_DIR` (set by api/serve.py) makes prometheu
 and a scrape of any worker adds up all of them. What the database already knows (fold queue, runs by state) is read
 at scrape time instead, by `DatabaseCollector`, so it is right whichever worker answers."""
 
+import functools
 import hmac
 import ipaddress
 import os
@@ -119,6 +120,13 @@ def allowed(token: str | None, authorization: str | None, client_host: str | Non
 
 def exposition(reg: CollectorRegistry) -> tuple[bytes, str]:
     return generate_latest(reg), CONTENT_TYPE_LATEST
+
+
+@functools.lru_cache(maxsize=4096)
+def request_timer(method: str, route: str, status: int) -> Any:
+    """REQUESTS' child for these labels, kept: `labels()` takes a lock and builds a key on every call. The labels
+    are route templates and status codes, a bounded set."""
+    return REQUESTS.labels(method, route, str(status))
 
 
 def route_of(scope: dict[str, Any]) -> str:

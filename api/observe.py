@@ -47,7 +47,7 @@ async def observe(app: App, scope: dict[str, Any], receive: Any, send: Any) -> N
         route = metrics.route_of(scope)
         if route == "unmatched" and path == "/v1/events":  # answered by the direct entrance, before routing
             route = path
-        metrics.REQUESTS.labels(scope["method"], route, str(status)).observe(seconds)
+        metrics.request_timer(scope["method"], route, status).observe(seconds)
         if path not in _QUIET:
             authorization = headers.get(b"authorization")
             client = scope.get("client")

@@ -46,14 +46,18 @@ class BulkWriter:
             if self.update
             else "DO NOTHING"
         )
+        self._select = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM json_to_recordset(CAST(:rows AS json)) "
+        self._record, self._on_conflict = f"AS r({record}) ", on_conflict
         # Without its RETURNING clause, for statements that build on it (a data-modifying CTE).
-        self.insert_sql = (
-            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM json_to_recordset(CAST(:rows AS json)) "
-            f"AS r({record}) {on_conflict}"
-        )
+        self.insert_sql = self.insert_sql_where(None)
         self.pg_sql = text(self.insert_sql + (f' RETURNING "{returning}"' if returning else ""))
         self._pg_dbapi_sql = dbapi_sql(self.pg_sql)
         self._names = frozenset(self.columns)
+
+    def insert_sql_where(self, condition: str | None) -> str:
+        """`insert_sql`, inserting only when `condition` (SQL over the statement's other CTEs) holds."""
+        where = f"WHERE {condition} " if condition else ""
+        return self._select + self._record + where + self._on_conflict
 
     def document(self, rows: list[dict[str, Any]]) -> str:
         """The rows as the JSON document that `insert_sql` takes as `:rows`. Rows that hold exactly the writer's

@@ -87,6 +87,20 @@ _PG_STORE_AND_QUEUE = text(
 # The same in psycopg's own parameter style: ingest runs it on the session's DBAPI connection, past SQLAlchemy's
 # execution layers (a tenth of a single-event request's CPU went to them).
 _PG_STORE_AND_QUEUE_DBAPI = dbapi_sql(_PG_STORE_AND_QUEUE)
+# The same, unless a user or repository the events name has opted out: then it stores nothing and answers one NULL,
+# and `store` withholds their code and stores again. The opt-out check rides in the insert's own round trip (as a query
+# of its own it cost ingest a quarter of its single-event rate: benchmarks/README.md, ingest) and reads the same
+# snapshot as the insert, so an opt-out that has committed is always seen.
+_PG_GUARDED_STORE_AND_QUEUE_DBAPI = dbapi_sql(
+    text(
+        "WITH blocked AS (SELECT 1 FROM consents c JOIN unnest(CAST(:kinds AS text[]), CAST(:subjects AS text[]))"
+        " AS s(kind, subject) ON c.kind = s.kind AND c.subject = s.subject WHERE c.project_id = :p AND c.opted_out"
+        f" LIMIT 1), ins AS ({_WRITE_EVENTS.insert_sql_where('NOT EXISTS (SELECT FROM blocked)')}"
+        " RETURNING event_id, generation_id), q AS (INSERT INTO fold_queue (project_id, generation_ids, queued_at)"
+        " SELECT :p, jsonb_agg(DISTINCT ins.generation_id), :t FROM ins HAVING count(*) > 0)"
+        " SELECT event_id FROM ins UNION ALL SELECT NULL FROM blocked"
+    )
+)
 
 # Code-bearing events of generations whose `generation` event (stored earlier, perhaps not folded yet) has an
 # excluded path: their code is dropped before it is stored.
@@ -190,15 +204,74 @@ def store(
     by_id = {e.event_id: e for e in events}
     if not by_id:
         return Written(set(), {})
-    globs = list(excluded_paths)
     now = utcnow()
+    subjects = consent.subjects(events)
+    if not fold_inline and session.get_bind().dialect.name == "postgresql":
+        # Built as if no one had opted out: the guarded statement refuses the rows if someone has.
+        rows = _rows(session, project_id, events, excluded_paths, set(), now)
+        guard = (_PG_GUARDED_STORE_AND_QUEUE_DBAPI, _subject_arrays(subjects)) if subjects else None
+        written = _pg_store(session, project_id, rows, now, guard)
+        if written is None:
+            withheld = consent.withheld(session, project_id, subjects)
+            written = _pg_store(
+                session, project_id, _rows(session, project_id, events, excluded_paths, withheld, now), now
+            )
+        assert written is not None
+        return written
+    # SQLite has no fold queue: it always folds here.
+    withheld = consent.withheld(session, project_id, subjects)
+    rows = _rows(session, project_id, events, excluded_paths, withheld, now)
+    stored = set(_WRITE_EVENTS.write(session, [row for row, _ in rows]))
+    fold.fold(session, {project_id: {by_id[event_id].generation_id for event_id in stored}})
+    return Written(stored, _secrets_of(rows, stored))
 
+
+def _subject_arrays(subjects: Sequence[tuple[str, str | None, str | None]]) -> dict[str, list[str]]:
+    """The users and repositories that events name, as two arrays (`kinds`, `subjects`) for `unnest`."""
+    wanted = sorted(
+        {(kind, value) for _, user, repo in subjects for kind, value in (("user", user), ("repository", repo)) if value}
+    )
+    return {"kinds": [kind for kind, _ in wanted], "subjects": [value for _, value in wanted]}
+
+
+def _pg_store(
+    session: Session,
+    project_id: int,
+    rows: list[tuple[dict[str, Any], Counter[str] | None]],
+    now: datetime,
+    guard: tuple[str, dict[str, list[str]]] | None = None,
+) -> Written | None:
+    """Store the rows and queue their fold in one statement; None when the guarded statement refused them."""
+    sql, extra = guard or (_PG_STORE_AND_QUEUE_DBAPI, {})
+    # The rows hold exactly the writer's columns: serialized as they are, without `document`'s copies.
+    params = {"rows": orjson.dumps([row for row, _ in rows]).decode(), "p": project_id, "t": now, **extra}
+    stored = {event_id for (event_id,) in pg_fetch(session, sql, params)}
+    if None in stored:
+        return None
+    return Written(stored, _secrets_of(rows, stored))
+
+
+def _secrets_of(rows: list[tuple[dict[str, Any], Counter[str] | None]], stored: Set[str]) -> dict[str, Counter[str]]:
+    return {row["event_id"]: found for row, found in rows if found and row["event_id"] in stored}
+
+
+def _rows(
+    session: Session,
+    project_id: int,
+    events: Sequence[Event],
+    excluded_paths: Sequence[str],
+    withheld: set[str],
+    now: datetime,
+) -> list[tuple[dict[str, Any], Counter[str] | None]]:
+    """The events' rows, scrubbed, in event_id order, each with the secrets found in it. Code is left out of
+    generations under an excluded path or of an opted-out subject (`withheld`), and out of their feedback events."""
+    by_id = {e.event_id: e for e in events}
+    globs = list(excluded_paths)
     # With no globs now, no generation can be excluded now. (One excluded under globs since removed keeps its code out
     # all the same: the fold redacts feedback code of excluded generations.)
     newly_excluded: set[str] = set()
     excluded: set[str] = set()
     # Opted-out users and repositories are stored as an excluded path is: outcome, no code (feedback/consent.py).
-    withheld = consent.withheld(session, project_id, consent.subjects(events))
     if globs or withheld:
         newly_excluded = withheld | {
             e.generation_id for e in events if isinstance(e, GenerationEvent) and is_excluded(e.file_path, globs)
@@ -211,10 +284,8 @@ def store(
         earlier = sorted(with_code - newly_excluded)
         excluded = newly_excluded | (_excluded_before(session, project_id, earlier) if earlier else set())
 
-    order = sorted(by_id)  # one insert order everywhere, so concurrent batches cannot deadlock
     rows = []
-    secrets: dict[str, Counter[str]] = {}
-    for event_id in order:
+    for event_id in sorted(by_id):  # one insert order everywhere, so concurrent batches cannot deadlock
         event = by_id[event_id]
         payload = event.model_dump(mode="json", exclude=_COMMON, exclude_none=True)
         if event.generation_id in excluded:
@@ -225,29 +296,25 @@ def store(
         if texts and may_hold_secrets(texts):  # most events: one prefilter pass over all their texts, and clean
             found = Counter()
             payload = _scrub(payload, found)
-            if found:
-                secrets[event_id] = found
+            if not found:
+                found = None
         rows.append(
-            {
-                "project_id": project_id,
-                "event_id": event_id,
-                "type": event.type,
-                "generation_id": event.generation_id,
-                "occurred_at": event.occurred_at,
-                "received_at": now,
-                "payload": payload,
-                "secrets": dict(found) if found else None,
-                "excluded": isinstance(event, GenerationEvent) and event.generation_id in newly_excluded,
-            }
+            (
+                {
+                    "project_id": project_id,
+                    "event_id": event_id,
+                    "type": event.type,
+                    "generation_id": event.generation_id,
+                    "occurred_at": event.occurred_at,
+                    "received_at": now,
+                    "payload": payload,
+                    "secrets": dict(found) if found else None,
+                    "excluded": isinstance(event, GenerationEvent) and event.generation_id in newly_excluded,
+                },
+                found,
+            )
         )
-    if not fold_inline and session.get_bind().dialect.name == "postgresql":
-        # The rows hold exactly the writer's columns: serialized as they are, without `document`'s copies.
-        params = {"rows": orjson.dumps(rows).decode(), "p": project_id, "t": now}
-        stored = {event_id for (event_id,) in pg_fetch(session, _PG_STORE_AND_QUEUE_DBAPI, params)}
-    else:  # SQLite has no fold queue: it always folds here
-        stored = set(_WRITE_EVENTS.write(session, rows))
-        fold.fold(session, {project_id: {by_id[event_id].generation_id for event_id in stored}})
-    return Written(stored, {event_id: found for event_id, found in secrets.items() if event_id in stored})
+    return rows
 
 
 def _out(row: Any) -> GenerationOut:
