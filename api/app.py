@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_wait_s=settings.group_commit_wait_ms / 1000,
             max_queued=settings.group_commit_max_queued,
             writers=settings.group_commit_writers,
+            eager=settings.group_commit_eager,
             settings=settings,
             after_commit=app.state.folder.poke if settings.ingest_fold == "deferred" else None,
         )

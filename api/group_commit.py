@@ -6,10 +6,12 @@ one group, stores it in one transaction, and answers every request once that tra
 counts of its own events. If the shared transaction fails, each request is retried in a transaction of its own, so one
 bad request fails alone.
 
-A group closes when it holds `max_events`, or once `max_wait_s` has passed since its first request arrived and it
-holds as many events as the group being written (if any): while the database is busy, the next group grows, so the
-busier the collector, the fewer transactions per event, and with a second writer two groups of about the same size
-overlap, one in Postgres while the other is built in Python."""
+A group closes at once (`eager`, the default) when no group of more than one event is being written (requests come
+slower than transactions end, as with a gateway's one generation at a time: waiting for company would only add
+latency, as Postgres' `commit_siblings` reasons), when it holds `max_events`, or once `max_wait_s` has passed since
+its first request arrived and it holds as many events as the group being written: while the database is busy, the
+next group grows, so the busier the collector, the fewer transactions per event, and with a second writer two groups
+of about the same size overlap, one in Postgres while the other is built in Python."""
 
 import asyncio
 import logging
@@ -71,8 +73,10 @@ class GroupCommitter:
         writers: int = 1,
         settings: Settings | None = None,
         after_commit: Callable[[list[str]], None] | None = None,
+        eager: bool = True,
     ) -> None:
         self.sessions, self.max_events, self.max_wait_s, self.writers = sessions, max_events, max_wait_s, writers
+        self.eager = eager  # close a group at once while requests come slower than transactions end
         self.settings = settings or Settings()
         self.after_commit = after_commit  # called in the event loop after each transaction that stored something,
         # with the ids of the requests it stored
@@ -170,6 +174,8 @@ class GroupCommitter:
                 group.append(submission)
                 size += len(submission.batch.events)
                 continue
+            if group and self.eager and max(self._in_flight, default=0) <= 1:
+                break  # requests come slower than transactions end: waiting for company would only add latency
             deadline = group[0].queued_at + self.max_wait_s if group else None
             if deadline is not None and loop.time() >= deadline:
                 if not self._in_flight or size >= max(self._in_flight):

@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="Measured seconds per scenario.")
     parser.add_argument("--warmup", type=float, default=2.0, help="Unmeasured seconds before each.")
     parser.add_argument("--conns", type=int, default=64, help="Keep-alive connections of the load generator.")
+    parser.add_argument(
+        "--workers", type=int, help="Processes of `editloop serve`; default 2 on Postgres (one per core), 1 on SQLite."
+    )
     parser.add_argument("--database-url", help="Postgres (migrated here); default: embedded SQLite in a temp dir.")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -220,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     key = setup(database_url, f"http://{HOST}:{fake_port}/v1")
     fake = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "fake_openai.py"), "--port", str(fake_port)])
     serve = [sys.executable, "-m", "api.cli", "serve", "--port", str(gw_port), "--no-background"]
+    args.workers = args.workers or (2 if args.database_url else 1)
+    serve += ["--workers", str(args.workers)]
     gateway = subprocess.Popen(serve, env=env, cwd=data_dir, stdout=subprocess.DEVNULL)
     results: list[dict[str, Any]] = []
     try:
@@ -257,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "database": "postgres" if args.database_url else "sqlite",
+        "workers": args.workers,
     }
     out.write_text(
         json.dumps({"meta": meta, "args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         description="How long the first waiting request waits for others to share its transaction; 0: one"
         " transaction per request.",
     )
+    group_commit_eager: bool = Field(
+        True,
+        description="Write a request at once while requests come slower than transactions end (no group of more"
+        " than one event being written): no wait at light load. False: the first request always waits"
+        " group_commit_wait_ms.",
+    )
     group_commit_max_queued: int = Field(
         1000, gt=0, description="Requests waiting for a shared transaction, per process; more wait to get in line."
     )
@@ -145,6 +151,12 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Longest wait before a retry (an upstream's Retry-After above it is not retried)."
     )
     upstream_max_connections: int = Field(100, ge=1, description="Connections per process to all upstreams.")
+    serving_route_cache_s: float = Field(
+        0.5,
+        ge=0,
+        description="How long a server remembers what a model name resolves to; a promotion made through another"
+        " process is served within this (one made through this server, at once). 0: read it on every request.",
+    )
     metrics_token: str | None = Field(
         None, description="Bearer token that GET /metrics requires; unset: /metrics answers loopback callers only."
     )

@@ -2,9 +2,10 @@
 its share of `production`), the backend that generates it, and the `generation` event that records it, with its
 tokens, latency and cost.
 
-The alias is resolved on every request, so a promotion is served from the next request on, without a restart; the
-backend loads the new version on first use. The event is stored through the same path as the editors' own events
-(validated, scrubbed, exactly once by its event_id `gateway:{generation_id}`), so feedback joins it the same way."""
+A promotion is served without a restart: from the next request when it was made through this process, within
+`serving_route_cache_s` otherwise (serving/route_cache.py); the backend loads the new version on first use. The event
+is stored through the same path as the editors' own events (validated, scrubbed, exactly once by its event_id
+`gateway:{generation_id}`), so feedback joins it the same way."""
 
 import hashlib
 import random
@@ -21,8 +22,10 @@ from sqlalchemy.orm import Session
 from core.errors import InvalidInput, NotFound
 from core.projects import Project
 from core.settings import Settings
+from serving import route_cache
 from serving.backend import Adapter, Backend, Params, Result, Target
 from serving.cost import own_cost, upstream_cost
+from serving.route_cache import RouteCache
 from serving.schemas import ChatRequest, CompletionRequest, ModelCard, ModelList
 from serving.upstream import Upstream
 from trainers import registry
@@ -62,6 +65,33 @@ def canary_draw(user: str | None, canary: str, share: float, rng: random.Random 
     return (rng or random).random() < share
 
 
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """What a model name resolves to before the canary's draw: its version, and the canary with its share of it."""
+
+    primary: Resolved
+    canary: Resolved | None = None
+    share: float = 0.0
+    canary_version: str = ""  # the canary's version name: a user's draw is stable per canary version
+
+    def pick(self, user: str | None) -> Resolved:
+        if self.canary is not None and canary_draw(user, self.canary_version, self.share):
+            return self.canary
+        return self.primary
+
+
+def _resolved(
+    requested: str, alias: str | None, version: AdapterVersion, model: ModelSettings, upstream: UpstreamSettings
+) -> Resolved:
+    if version.kind == UPSTREAM:
+        if not upstream.configured:
+            raise InvalidInput(f"model: {requested} points at the upstream, which the project no longer names")
+        return Resolved(requested, alias, UPSTREAM, None, model, upstream)
+    if version.kind != "policy":
+        raise InvalidInput(f"model: {version.name} is a {version.kind} model; only policy adapters generate")
+    return Resolved(requested, alias, version.name, _target(version), model, upstream)
+
+
 def _target(version: AdapterVersion) -> Target:
     lineage = (version.manifest or {}).get("lineage", {})
     adapter = Adapter(
@@ -82,6 +112,7 @@ class Gateway:
         self._lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None
         self._upstream: Upstream | None = None
+        self._route_cache: RouteCache[tuple[int, str], Routes] = RouteCache(settings.serving_route_cache_s)
 
     async def aclose(self) -> None:
         if self._upstream is not None:
@@ -115,6 +146,19 @@ class Gateway:
             return self._backend
 
     def resolve(self, session: Session, project_id: int, model: str, user: str | None) -> Resolved:
+        """What serves `model` for `user`, read from the database (and remembered for `cached`)."""
+        read_at = route_cache.epoch()
+        routes = self._routes(session, project_id, model)
+        self._route_cache.put((project_id, model), routes, read_at)
+        return routes.pick(user)
+
+    def cached(self, project_id: int, model: str, user: str | None) -> Resolved | None:
+        """`resolve` without the database, when it was read within `serving_route_cache_s` and nothing that
+        decides it (an alias, a version, the project's settings) has changed in this process since."""
+        routes = self._route_cache.get((project_id, model))
+        return routes.pick(user) if routes is not None else None
+
+    def _routes(self, session: Session, project_id: int, model: str) -> Routes:
         project = session.get(Project, project_id)
         if project is None:
             raise NotFound(f"project {project_id} does not exist")
@@ -123,30 +167,24 @@ class Gateway:
         if model == UPSTREAM:
             if not upstream.configured:
                 raise InvalidInput("model: `upstream` needs the project's settings upstream.url and upstream.model")
-            return Resolved(model, None, UPSTREAM, None, settings, upstream)
+            return Routes(Resolved(model, None, UPSTREAM, None, settings, upstream))
         if model == BASE:
             if not settings.base_model:
                 raise InvalidInput("model: `base` needs the project's settings.model.base_model")
             target = Target(settings.base_model, settings.base_revision, None)
-            return Resolved(model, None, BASE, target, settings, upstream)
+            return Routes(Resolved(model, None, BASE, target, settings, upstream))
         alias: str | None = model if model in registry.ALIASES else None
         try:
             version = registry.get_version(session, project_id, model)
         except NotFound as exc:
             raise NotFound(f"model: {exc.detail}; GET /v1/models lists what can be asked for") from None
+        primary = _resolved(model, alias, version, settings, upstream)
         if model == "production":
             canary = registry.alias_version(session, project_id, "canary")
             if canary is not None and canary.id != version.id:
                 share = canary_share(session, project_id, canary.name, settings)
-                if canary_draw(user, canary.name, share):
-                    version, alias = canary, "canary"
-        if version.kind == UPSTREAM:
-            if not upstream.configured:
-                raise InvalidInput(f"model: {model} points at the upstream, which the project no longer names")
-            return Resolved(model, alias, UPSTREAM, None, settings, upstream)
-        if version.kind != "policy":
-            raise InvalidInput(f"model: {version.name} is a {version.kind} model; only policy adapters generate")
-        return Resolved(model, alias, version.name, _target(version), settings, upstream)
+                return Routes(primary, _resolved(model, "canary", canary, settings, upstream), share, canary.name)
+        return Routes(primary)
 
     def fallback(self, session: Session, project_id: int, resolved: Resolved, user: str | None) -> Resolved | None:
         """What serves a request the upstream failed: the project's `upstream.fallback`, if it names one of our

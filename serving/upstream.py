@@ -1,6 +1,8 @@
 """The client of a project's upstream: the rented OpenAI-compatible model that editloop sits in front of.
 
-One `httpx.AsyncClient` per process (one connection pool for every upstream). A call is retried by tenacity on 429,
+One aiohttp `ClientSession` per process and event loop (one connection pool for every upstream: aiohttp, because
+httpx's async client spent five times the CPU per request, the largest share of the gateway's own cost;
+benchmarks/README.md, gateway). A call is retried by tenacity on 429,
 5xx and connection errors, waiting the upstream's `Retry-After` when it sends one (one longer than
 `upstream_retry_max_wait_s` is not waited for: the answer would come too late to be of use), else an exponential
 backoff with jitter. A stream is retried only until its response headers arrive: once its body is being read, a
@@ -8,6 +10,7 @@ byte may have reached the editor, and a second generation would not continue the
 is an `UpstreamUnavailable` (502) or `UpstreamTimeout` (504) that names the cause; the key, read from the serving
 process's environment, is cut out of every message."""
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -63,37 +66,59 @@ def retry_after(value: str | None) -> float | None:
         return None
 
 
-def _message(response: httpx.Response) -> str:
+def _message(body: bytes) -> str:
     try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300]
-    inner = body.get("error") if isinstance(body, dict) else None
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode("utf-8", "replace")
+    inner = data.get("error") if isinstance(data, dict) else None
     if isinstance(inner, dict):
         return str(inner.get("message", inner))[:300]
-    if isinstance(body, dict):
-        return str(body.get("detail") or body.get("message") or inner or body)[:300]
-    return str(body)[:300]
+    if isinstance(data, dict):
+        return str(data.get("detail") or data.get("message") or inner or data)[:300]
+    return str(data)[:300]
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    url: str
+    body: bytes
+    headers: dict[str, str]
 
 
 class Upstream:
     """One per process, made on first use. `call` returns the whole answer; `stream` yields parsed SSE chunks."""
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        limits = httpx.Limits(
-            max_connections=settings.upstream_max_connections,
-            max_keepalive_connections=settings.upstream_max_connections,
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # No total limit: a stream may last as long as it keeps sending; each read waits at most the read timeout.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.upstream_connect_timeout_s,
+            sock_connect=settings.upstream_connect_timeout_s,
+            sock_read=settings.upstream_read_timeout_s,
         )
-        timeout = httpx.Timeout(settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s)
-        self.client = httpx.AsyncClient(limits=limits, timeout=timeout, transport=transport)
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session of the running event loop (a session is bound to the loop it was made in)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._loop is not loop or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.settings.upstream_max_connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, skip_auto_headers=("User-Agent",)
+            )
+            self._loop = loop
+        return self._session
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
 
     # -- requests ------------------------------------------------------------------------------------------------
 
-    def _request(self, upstream: UpstreamSettings, chat: bool, body: dict[str, Any], stream: bool) -> httpx.Request:
+    def _request(self, upstream: UpstreamSettings, chat: bool, body: dict[str, Any], stream: bool) -> _Request:
         if not upstream.configured:
             raise InvalidInput("model: `upstream` needs the project's settings upstream.url and upstream.model")
         assert upstream.url is not None
@@ -107,9 +132,7 @@ class Upstream:
         if key:
             headers["authorization"] = f"Bearer {key}"
         path = "/chat/completions" if chat else "/completions"
-        return self.client.build_request(
-            "POST", upstream.url.rstrip("/") + path, content=orjson.dumps(forwarded), headers=headers
-        )
+        return _Request(upstream.url.rstrip("/") + path, orjson.dumps(forwarded), headers)
 
     def _key(self, upstream: UpstreamSettings) -> str | None:
         if not upstream.api_key_env:
@@ -129,32 +152,40 @@ class Upstream:
     def _where(self, upstream: UpstreamSettings) -> str:
         return f"upstream {urlsplit(upstream.url or '').netloc}"
 
-    async def _send(self, request: httpx.Request, stream: bool) -> httpx.Response:
+    async def _send(self, request: _Request, stream: bool) -> "Response":
         """One attempt: a 2xx response (its body not read when streaming), else an error (retryable or not)."""
+        read_timeout = f"no answer within {self.settings.upstream_read_timeout_s:g}s"
         try:
-            response = await self.client.send(request, stream=stream)
-        except httpx.TimeoutException as exc:
-            # a connect timeout is a connection error; a read timeout is a hang, and waiting again would double it
-            if isinstance(exc, httpx.ConnectTimeout):
-                raise _Retryable("connection timed out", timeout=True) from None
-            raise UpstreamTimeout(f"no answer within {self.settings.upstream_read_timeout_s:g}s") from None
-        except httpx.TransportError as exc:
+            response = await self._client().post(request.url, data=request.body, headers=request.headers)
+        except aiohttp.ConnectionTimeoutError:  # a connection error, worth another attempt
+            raise _Retryable("connection timed out", timeout=True) from None
+        except (aiohttp.ServerTimeoutError, TimeoutError):
+            # a hang before the headers: waiting again would double it
+            raise UpstreamTimeout(read_timeout) from None
+        except aiohttp.ClientError as exc:
             raise _Retryable(f"connection failed ({type(exc).__name__}: {exc})") from None
-        if response.is_success:
-            if not stream:
-                try:
-                    await response.aread()
-                except httpx.TimeoutException:
-                    raise UpstreamTimeout(f"no answer within {self.settings.upstream_read_timeout_s:g}s") from None
-                except httpx.TransportError as exc:  # nothing reached the editor yet: worth another attempt
-                    raise _Retryable(f"connection dropped ({type(exc).__name__})") from None
-            return response
-        await response.aread()
-        cause = f"HTTP {response.status_code}: {_message(response)}"
-        if response.status_code in RETRYABLE_STATUS:
+        if 200 <= response.status < 300:
+            if stream:
+                return Response(response, b"")
+            try:
+                return Response(response, await response.read())
+            except (aiohttp.ServerTimeoutError, TimeoutError):
+                response.close()
+                raise UpstreamTimeout(read_timeout) from None
+            except aiohttp.ClientError as exc:  # nothing reached the editor yet: worth another attempt
+                response.close()
+                raise _Retryable(f"connection dropped ({type(exc).__name__})") from None
+        try:
+            body = await response.read()
+        except (aiohttp.ClientError, TimeoutError):
+            body = b""
+        finally:
+            response.release()
+        cause = f"HTTP {response.status}: {_message(body)}"
+        if response.status in RETRYABLE_STATUS:
             raise _Retryable(cause, retry_after(response.headers.get("retry-after")))
-        if response.status_code in (400, 422):  # the request itself: the editor's to fix
-            raise InvalidInput(f"upstream refused the request: {_message(response)}")
+        if response.status in (400, 422):  # the request itself: the editor's to fix
+            raise InvalidInput(f"upstream refused the request: {_message(body)}")
         raise UpstreamUnavailable(cause)
 
     def _wait(self, state: RetryCallState) -> float:
@@ -168,7 +199,7 @@ class Upstream:
             return False
         return exc.retry_after is None or exc.retry_after <= self.settings.upstream_retry_max_wait_s
 
-    async def _open(self, upstream: UpstreamSettings, request: httpx.Request, stream: bool) -> httpx.Response:
+    async def _open(self, upstream: UpstreamSettings, request: _Request, stream: bool) -> "Response":
         attempts = self.settings.upstream_retries + 1
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts),
@@ -196,10 +227,10 @@ class Upstream:
     async def call(self, upstream: UpstreamSettings, chat: bool, body: dict[str, Any]) -> Answer:
         response = await self._open(upstream, self._request(upstream, chat, body, stream=False), stream=False)
         try:
-            data = response.json()
+            data = orjson.loads(response.body)
             choice = data["choices"][0]
             text = choice["message"]["content"] if chat else choice["text"]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             raise UpstreamUnavailable(f"{self._where(upstream)}: an answer that is not an OpenAI completion") from None
         usage = data.get("usage") or {}
         return Answer(
@@ -216,25 +247,42 @@ class Upstream:
         return Stream(response, chat, upstream, self._where(upstream), self.settings.upstream_read_timeout_s)
 
 
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A successful upstream response: its body when read whole, else the open stream."""
+
+    raw: aiohttp.ClientResponse
+    body: bytes
+
+
 class Stream:
     """An open upstream stream: iterate it for text pieces; then `answer` holds the totals."""
 
     def __init__(
-        self, response: httpx.Response, chat: bool, upstream: UpstreamSettings, where: str, timeout_s: float
+        self, response: Response, chat: bool, upstream: UpstreamSettings, where: str, timeout_s: float
     ) -> None:
-        self.response, self.chat, self.upstream, self.where, self.timeout_s = response, chat, upstream, where, timeout_s
+        self.response, self.chat, self.upstream, self.where, self.timeout_s = (
+            response.raw,
+            chat,
+            upstream,
+            where,
+            timeout_s,
+        )
         self.pieces: list[str] = []
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] = {}
         self.provider_model = upstream.model or ""
 
     async def texts(self) -> AsyncIterator[str]:
+        done = False
         try:
-            async for line in self.response.aiter_lines():
+            async for raw in self.response.content:
+                line = raw.decode("utf-8").strip()
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    done = True
                     return
                 chunk = orjson.loads(data)
                 if "error" in chunk:
@@ -249,17 +297,21 @@ class Stream:
                     if text:
                         self.pieces.append(text)
                         yield text
-        except httpx.TimeoutException:
+        except (aiohttp.ServerTimeoutError, TimeoutError):
             raise UpstreamTimeout(f"{self.where}: no byte within {self.timeout_s:g}s, mid-stream") from None
-        except (httpx.TransportError, orjson.JSONDecodeError) as exc:
+        except (aiohttp.ClientError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise UpstreamUnavailable(f"{self.where}: the stream broke off ({type(exc).__name__})") from None
         finally:
-            await self.response.aclose()
+            # A stream read to its end gives its connection back to the pool; one left midway closes it.
+            if done or self.response.content.at_eof():
+                self.response.release()
+            else:
+                self.response.close()
         if self.finish_reason is None:
             raise UpstreamUnavailable(f"{self.where}: the stream ended without [DONE] or a finish reason")
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        self.response.close()
 
     @property
     def answer(self) -> Answer:

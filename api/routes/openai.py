@@ -127,7 +127,8 @@ async def _serve(request: Request, key: Principal, body: CompletionRequest | Cha
         with sessions_of(request)() as session:
             return gateway.resolve(session, key.project_id, body.model, body.user)
 
-    resolved = await run_in_threadpool(resolve)
+    cached = gateway.cached(key.project_id, body.model, body.user)
+    resolved = cached if cached is not None else await run_in_threadpool(resolve)
     chat = isinstance(body, ChatRequest)
     generation_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())

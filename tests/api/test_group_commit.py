@@ -72,10 +72,15 @@ def group_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
 
 @pytest.fixture(scope="module")
 def groups_of_7(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server whose groups close when they hold 7 events (the window is long): 7 one-event requests sent
-    together share one transaction, however slowly they arrive."""
+    """A server whose groups close when they hold 7 events (the window is long, and the first request waits for it
+    even with the database idle): 7 one-event requests sent together share one transaction, however slowly they
+    arrive."""
     settings = settings_for(
-        db_url, tmp_path_factory.mktemp("data"), group_commit_wait_ms=30_000, group_commit_max_events=7
+        db_url,
+        tmp_path_factory.mktemp("data"),
+        group_commit_wait_ms=30_000,
+        group_commit_max_events=7,
+        group_commit_eager=False,
     )
     srv, thread, url = start_server(settings)
     yield Server(url=url, db_url=db_url, settings=settings)
@@ -160,7 +165,9 @@ def test_a_failing_group_falls_back_to_one_transaction_per_request(groups_of_7, 
 
 
 def test_requests_waiting_when_the_server_stops_are_answered(db_url, tmp_path_factory):
-    settings = settings_for(db_url, tmp_path_factory.mktemp("data"), group_commit_wait_ms=3000)
+    settings = settings_for(
+        db_url, tmp_path_factory.mktemp("data"), group_commit_wait_ms=3000, group_commit_eager=False
+    )
     srv, thread, url = start_server(settings)
     server = Server(url=url, db_url=db_url, settings=settings)
     tenant = make_tenant(server)
