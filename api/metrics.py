@@ -5,6 +5,7 @@ own process, so `PROMETHEUS_MULTIPROC_DIR` (set by api/serve.py) makes prometheu
 and a scrape of any worker adds up all of them. What the database already knows (fold queue, runs by state) is read
 at scrape time instead, by `DatabaseCollector`, so it is right whichever worker answers."""
 
+import collections
 import functools
 import hmac
 import ipaddress
@@ -45,9 +46,10 @@ GENERATION_LATENCY = Histogram(
 
 
 def ingested(types: Iterator[tuple[str, str]]) -> None:
-    """Count (type, result) pairs: result is stored, duplicate or invalid."""
-    for event_type, result in types:
-        EVENTS.labels(event_type, result).inc()
+    """Count (type, result) pairs: result is stored, duplicate or invalid. One increment per pair kind, not per
+    event: under multiprocess mode each is a locked write to a shared file (5% of a batch's ingest CPU, py-spy)."""
+    for (event_type, result), n in collections.Counter(types).items():
+        EVENTS.labels(event_type, result).inc(n)
 
 
 def generated(model: str, prompt_tokens: int, completion_tokens: int, seconds: float) -> None:
