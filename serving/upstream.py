@@ -106,8 +106,9 @@ class Upstream:
         loop = asyncio.get_running_loop()
         if self._session is None or self._loop is not loop or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self.settings.upstream_max_connections, limit_per_host=0)
+            # trust_env: HTTPS_PROXY / NO_PROXY are honoured, as they were with httpx.
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, skip_auto_headers=("User-Agent",)
+                connector=connector, timeout=self._timeout, skip_auto_headers=("User-Agent",), trust_env=True
             )
             self._loop = loop
         return self._session
