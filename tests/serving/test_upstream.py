@@ -3,7 +3,6 @@ dir, a tiny random model) on another loopback port, whose ingest key is the upst
 in front of it (tests/serving/fault_proxy.py), never from a mock."""
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -281,21 +280,9 @@ def test_canary_of_our_adapter_against_production_upstream(
     assert tenant.admin.get("/v1/adapters/production").json()["name"] == version
 
 
-def target_rows(page: str) -> dict[str, dict[str, str]]:
-    """The console's table of live metrics per target: target -> metric -> the cell's text (tags stripped)."""
-    table = re.search(r'<table class="list targets" id="targets">(.*?)</table>', page, re.S)
-    assert table, page
-    rows = {}
-    for target, cells in re.findall(r'<tr data-target="([^"]+)">(.*?)</tr>', table.group(1), re.S):
-        found = re.findall(r'data-metric="(\w+)">(.*?)</td>', cells, re.S)
-        rows[target] = {k: re.sub(r"<[^>]+>", "", v).strip() for k, v in found}
-        rows[target]["aliases"] = " ".join(re.findall(r'class="badge alias">(\w+)<', cells))
-    return rows
-
-
 def console_shows_each_target(gateway: Server, tenant: Tenant, version: str) -> None:
     """The console's Adapters and Canary pages show, per target, what `GET /v1/adapters/{ref}/metrics` reports."""
-    from ..api.test_console import signed_in
+    from ..api.test_console import signed_in, target_rows
 
     def expected(ref: str) -> dict[str, str]:
         m = tenant.admin.get(f"/v1/adapters/{ref}/metrics").json()
