@@ -326,7 +326,11 @@ def demo(
         ),
     ] = False,
     upstream_model: Annotated[
-        Path | None, typer.Option(help="With --upstream: a bootstrap output for the rented model (default: the base).")
+        Path | None,
+        typer.Option(
+            help="With --upstream: a bootstrap output for the rented model (default: DATA_DIR/demo-rented-model, "
+            "built if absent: a larger, longer-trained bootstrap than the base, with a generic style)."
+        ),
     ] = None,
 ) -> None:
     """The whole loop on the embedded default, no server to start: bootstrap a tiny code model, serve it through the

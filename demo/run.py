@@ -30,6 +30,7 @@ from api.cli_common import ready_schema
 from core.db import session_scope
 from core.projects import Role, create_key, create_project
 from core.settings import Settings
+from demo.bootstrap import BootstrapConfig
 from demo.editors import Editors, Phase
 from demo.tastes import load_taste
 from demo.upstream import (
@@ -55,24 +56,58 @@ DEMO_PIPELINE: dict[str, Any] = {
 }
 
 
-def ensure_model(path: Path, console: Console) -> Path:
-    """The demo's base model: a previous demo's bootstrap output, or a new one (the tests' tiny model)."""
-    from demo.bootstrap import TINY_MODEL, bootstrap, is_bootstrap_output
+def ensure_model(
+    path: Path,
+    console: Console,
+    config: BootstrapConfig | None = None,
+    role: str = "base model",
+    same_config: bool = False,
+) -> Path:
+    """A bootstrap output at `path`: a previous demo's, or a new one built with `config` (default: the tests' tiny
+    model). With `same_config`, an earlier output built with another config is rebuilt, not reused (the demo's own
+    cache: a changed recipe must not leave a stale model in place)."""
+    from demo.bootstrap import TINY_MODEL, bootstrap, built_with, is_bootstrap_output
 
-    if is_bootstrap_output(path):
-        console.print(f"base model: {path} (built by an earlier demo; delete it to build afresh)")
+    config = config or TINY_MODEL
+    if is_bootstrap_output(path) and (not same_config or built_with(path, config)):
+        console.print(f"{role}: {path} (built by an earlier demo; delete it to build afresh)")
         return path
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, TextColumn("{task.fields[info]}"), console=console, transient=True) as bar:
-        task = bar.add_task("bootstrapping the tiny code model", total=TINY_MODEL.max_steps, info="corpus, tokenizer")
+        task = bar.add_task(f"bootstrapping the {role}", total=config.max_steps, info="corpus, tokenizer")
 
         def report(step: int, total: int | None, info: dict[str, Any]) -> None:
             loss = info.get("loss")
             bar.update(task, completed=step, info=f"loss {loss:.2f}" if loss is not None else "")
 
-        meta = bootstrap(path, TINY_MODEL, report, overwrite=True)
-    console.print(f"base model: {path} ({meta.get('steps')} pretraining steps, built now)")
+        meta = bootstrap(path, config, report, overwrite=True)
+    console.print(f"{role}: {path} ({meta.get('steps')} pretraining steps in {meta.get('seconds')} s, built now)")
     return path
+
+
+def rented_model_dir(settings: Settings, given: Path | None, console: Console) -> Path:
+    """--upstream's rented model: the bootstrap output given, or the demo's own (RENTED_MODEL), built on first use
+    into DATA_DIR/demo-rented-model and rebuilt only if the recipe changed."""
+    from demo.bootstrap import RENTED_MODEL, is_bootstrap_output
+
+    if given is not None:
+        if not is_bootstrap_output(given):
+            raise ValueError(f"{given}: not a bootstrap output (editloop model bootstrap writes one)")
+        return given
+    return ensure_model(settings.data_dir / "demo-rented-model", console, RENTED_MODEL, "rented model", True)
+
+
+def describe(model: Path) -> dict[str, Any]:
+    """What a bootstrap output's metadata says about its size and training."""
+    meta = json.loads((model / "editloop-bootstrap.json").read_text())
+    config = meta.get("config") or {}
+    described = {k: meta.get(k) for k in ("parameters", "steps", "held_out_loss", "seconds")}
+    described.update({k: config.get(k) for k in ("documents", "hidden_size", "layers", "seed")})
+    return {"path": str(model), **described}
+
+
+def _model_line(m: dict[str, Any]) -> str:
+    return f"{(m['parameters'] or 0) / 1e6:.1f}M parameters, {m['steps']} steps, held-out loss {m['held_out_loss']}"
 
 
 class Service:
@@ -264,7 +299,8 @@ def run_demo(
     upstream_model: Path | None = None,
 ) -> dict[str, Any]:
     """Run the loop and return the report (also written to OUT/demo.json and OUT/demo.png). With `upstream`, a
-    second server plays the rented model the team starts on (demo/upstream.py)."""
+    second server plays the rented model the team starts on (demo/upstream.py): `upstream_model`, or by default a
+    larger, longer-trained bootstrap with a generic style (`RENTED_MODEL`), built once into DATA_DIR."""
     from ml.environment import set_threads
 
     taste_name, taste_fn = load_taste(taste)
@@ -287,11 +323,16 @@ def run_demo(
         model_settings: dict[str, Any] = {"base_model": str(model.resolve()), "auto_promote": "production"}
         project_settings: dict[str, Any] = {"model": model_settings}
         if upstream:
+            rented_model = rented_model_dir(settings, upstream_model, console)
+            report["models"] = {"rented": describe(rented_model), "base": describe(model)}
             rented = rented_settings(out_dir)
             ready_schema(rented)
-            rented_project(rented, upstream_model or model)
+            rented_project(rented, rented_model)
             rented_url = stack.enter_context(Service(rented))
-            console.print(f"the rented model: an OpenAI-compatible server on {rented_url} ({upstream_model or model})")
+            console.print(
+                f"the rented model: an OpenAI-compatible server on {rented_url} ({rented_model}: "
+                f"{_model_line(report['models']['rented'])}; our base: {_model_line(report['models']['base'])})"
+            )
             model_settings.update(CANARY, price_per_mtok=OWN_PRICE_PER_MTOK)
             project_settings["upstream"] = upstream_settings(rented_url)
             report["upstream"] = project_settings["upstream"]

@@ -1,6 +1,7 @@
 """`editloop demo --upstream`: the switch from a rented model. A second, real OpenAI-compatible server on loopback
-plays the rented model (an editloop service of its own, with its own embedded database, serving a bootstrapped model
-as `base` behind a key); the demo's project names it as its upstream with a provider's prices, starts with
+plays the rented model (an editloop service of its own, with its own embedded database, serving as `base` behind a
+key a bootstrapped model of its own: `demo.bootstrap.RENTED_MODEL`, larger and longer-trained than our base, on the
+corpus's generic mix of styles); the demo's project names it as its upstream with a provider's prices, starts with
 `production` = `upstream`, and its own adapters enter as canaries against it, decided by the canary policy."""
 
 import os

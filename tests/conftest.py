@@ -21,7 +21,7 @@ from core import migrate
 from core.db import get_engine, session_scope
 from core.projects import Role, create_key, create_project
 from core.settings import Settings
-from demo.bootstrap import TINY_MODEL, bootstrap, is_bootstrap_output
+from demo.bootstrap import RENTED_MODEL, TINY_MODEL, bootstrap, built_with, is_bootstrap_output
 
 PG_ADMIN = os.environ.get("EDITLOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -172,9 +172,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def rented_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`editloop demo --upstream`'s rented model (RENTED_MODEL: larger and longer-trained than the tiny one), built
+    once per session; EDITLOOP_RENTED_MODEL names a prebuilt one, as EDITLOOP_TINY_MODEL does for `tiny_model`."""
+    prebuilt = os.environ.get("EDITLOOP_RENTED_MODEL")
+    if prebuilt and built_with(Path(prebuilt), RENTED_MODEL):
+        return Path(prebuilt)
+    path = tmp_path_factory.mktemp("rented-model") / "model"
+    bootstrap(path, RENTED_MODEL)
+    return path
+
+
 # Tests that load or train a model: `pytest -m "not ml"` (make test-fast) runs the rest in a minute or two.
 ML_DIRECTORIES = ("trainers", "demo", "serving", "rewards")
-ML_FIXTURES = {"tiny_model", "serving_model"}
+ML_FIXTURES = {"tiny_model", "rented_model", "serving_model"}
 ML_HELPERS = ("tests.trainers.tiny", "tests.tiny_llama")
 
 

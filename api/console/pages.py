@@ -5,7 +5,7 @@ and curves. Promote and roll back go through trainers.registry like the API, beh
 refusal is shown on the page with the gate's reasons, at the status api/errors.py gives it."""
 
 import difflib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -20,6 +20,7 @@ from api.console import auth, queries
 from api.deps import SessionDep, authenticated, settings_of
 from api.edge import json_problem
 from api.errors import status_of
+from core.db import utcnow
 from core.errors import EditloopError, InvalidInput, Unauthenticated
 from core.projects import ApiKey, Role
 from feedback import service as feedback
@@ -228,7 +229,12 @@ def run_json(session: SessionDep, who: Who, run_id: int) -> Response:
     return JSONResponse(run.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
-def _adapters_context(session: Session, project_id: int) -> dict[str, Any]:
+TARGET_DAYS = 7  # the Adapters page's live metrics per target: this many days back, unless `days` says otherwise
+
+
+def _adapters_context(session: Session, project_id: int, days: int = TARGET_DAYS) -> dict[str, Any]:
+    since = utcnow() - timedelta(days=days)
+    targets = queries.targets(session, project_id, since)
     versions = registry.list_versions(session, project_id)
     aliases = registry.aliases(session, project_id)
     names = {v.id: v.name for v in versions}
@@ -241,6 +247,8 @@ def _adapters_context(session: Session, project_id: int) -> dict[str, Any]:
     recent = [v for v in versions if v.kind == "policy"][:GATE_VERSIONS]
     verdicts = {v.id: registry.gate_verdict(session, project_id, v, production) for v in recent}
     return {
+        "targets": targets,
+        "target_days": days,
         "production": production,
         "verdicts": verdicts,
         "gate_figures": {
@@ -257,8 +265,12 @@ def _adapters_context(session: Session, project_id: int) -> dict[str, Any]:
 
 
 @router.get("/adapters")
-def adapters(request: Request, session: SessionDep, who: Who) -> Response:
-    return render(request, who, "adapters", **_adapters_context(session, who.principal.project_id))
+def adapters(
+    request: Request, session: SessionDep, who: Who, days: Annotated[int, Query(ge=1, le=366)] = TARGET_DAYS
+) -> Response:
+    context = _adapters_context(session, who.principal.project_id, days)
+    session.commit()  # what the live metrics folded
+    return render(request, who, "adapters", **context)
 
 
 @router.post("/adapters/{name}/promote")
@@ -317,10 +329,17 @@ def canary(request: Request, session: SessionDep, who: Who) -> Response:
         since = moved.updated_at if moved is not None else None
         baseline = "production" if "production" in current else BASE
         comparison = compare(session, pid, "canary", baseline, since=since)
+    targets = queries.targets(session, pid, since) if comparison is not None else []
     session.commit()
     names = queries.versions_by_id(session, pid)
     return render(
-        request, who, "canary", comparison=comparison, since=since, aliases={a: names[v] for a, v in current.items()}
+        request,
+        who,
+        "canary",
+        comparison=comparison,
+        since=since,
+        targets=targets,
+        aliases={a: names[v] for a, v in current.items()},
     )
 
 

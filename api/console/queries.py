@@ -1,17 +1,22 @@
 """What the console's pages show that no API route returns whole: the overview's series (from the daily rollup), the
-data volume, dataset builds, and metrics flattened for a table. Everything else comes from the services themselves."""
+data volume, dataset builds, live metrics of every target side by side, and metrics flattened for a table. Everything
+else comes from the services themselves."""
 
 import math
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
+from core.projects import Project
 from feedback import daily
+from feedback.fold import settle
 from feedback.models import DatasetBuild, DatasetSnapshot, TrainingRow
-from trainers.canary import wilson
+from trainers import registry
+from trainers.canary import BASE, version_metrics, wilson
+from trainers.config import upstream_settings
 from trainers.models import ACTIVE, AdapterVersion, TrainingRun
 
 OUTCOMES = ("accepted", "edited", "rejected", "shown")
@@ -102,6 +107,37 @@ def builds(session: Session, project_id: int, limit: int = 20) -> list[DatasetBu
             .limit(limit)
         )
     )
+
+
+TARGET_VERSIONS = 10  # the newest policy versions a target table looks at, besides those an alias points at
+
+
+def targets(session: Session, project_id: int, since: datetime | None) -> list[dict[str, Any]]:
+    """Live metrics of each target, as `GET /v1/adapters/{ref}/metrics` gives them, over generations shown at or after
+    `since`: the upstream (when the project names one or an alias points at it), the base and the newest policy
+    versions. A target is listed when it served something in the window or an alias points at it; each row carries
+    its aliases. Pending events are folded once, first (the caller commits)."""
+    settle(session, project_id)
+    pointed: dict[int, list[str]] = {}
+    for alias, version_id in sorted(registry.aliases(session, project_id).items()):
+        pointed.setdefault(version_id, []).append(alias)
+    versions = registry.list_versions(session, project_id)
+    project = session.get(Project, project_id)
+    names: list[tuple[str, list[str]]] = []
+    upstream = next((v for v in versions if v.kind == registry.UPSTREAM), None)
+    if upstream is not None or upstream_settings(project.settings if project else None).configured:
+        names.append((registry.UPSTREAM, pointed.get(upstream.id, []) if upstream is not None else []))
+    names.append((BASE, []))
+    policies = [v for v in versions if v.kind == "policy"]
+    for i, v in enumerate(policies):
+        if i < TARGET_VERSIONS or v.id in pointed:
+            names.append((v.name, pointed.get(v.id, [])))
+    rows = []
+    for name, aliases in names:
+        metrics = version_metrics(session, project_id, name, since, fold=False)
+        if metrics["served"] or aliases:
+            rows.append({**metrics, "aliases": aliases})
+    return rows
 
 
 def versions_by_id(session: Session, project_id: int) -> dict[int, str]:

@@ -36,6 +36,18 @@ def shown(page: str) -> int:
     return int(re.search(r"generations shown \(60 days\)</th><td>([\d,]+)", page).group(1).replace(",", ""))
 
 
+def target_rows(page: str) -> dict[str, dict[str, str]]:
+    """The console's table of live metrics per target: target -> metric -> the cell's text (tags stripped)."""
+    table = re.search(r'<table class="list targets" id="targets">(.*?)</table>', page, re.S)
+    assert table, page
+    rows = {}
+    for target, cells in re.findall(r'<tr data-target="([^"]+)">(.*?)</tr>', table.group(1), re.S):
+        found = re.findall(r'data-metric="(\w+)">(.*?)</td>', cells, re.S)
+        rows[target] = {k: re.sub(r"<[^>]+>", "", v).strip() for k, v in found}
+        rows[target]["aliases"] = " ".join(re.findall(r'class="badge alias">(\w+)<', cells))
+    return rows
+
+
 def test_sign_in_pages_and_rollup(server: Server, tenant: Tenant) -> None:
     anonymous = httpx.Client(base_url=server.url)
     assert anonymous.get("/ui/adapters").headers["location"] == "/ui/login"
@@ -53,6 +65,11 @@ def test_sign_in_pages_and_rollup(server: Server, tenant: Tenant) -> None:
     post(tenant, served("base", accepted=4, start=now + timedelta(minutes=1)))
     assert shown(console.get("/ui").text) == 15  # the rollup recounts the days that changed
 
+    # live metrics per target: the base served 15, by events alone (no gateway: no latency, no cost)
+    base = target_rows(console.get("/ui/adapters").text)["base"]
+    assert base["acceptance"].startswith("0.667 [") and base["edit_rate"].startswith("0.133 [")
+    assert base["latency_p50"] == base["cost_per_1k"] == base["cost_per_accepted"] == "-"
+    assert set(target_rows(console.get("/ui/adapters?days=1").text)) == {"base"}
     for path in ("/ui/feedback", "/ui/feedback?outcome=edited&user=u1", "/ui/data", "/ui/runs", "/ui/adapters"):
         assert console.get(path).status_code == 200, path
     assert console.get("/ui/canary").status_code == 200

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from demo.bootstrap import METADATA, BootstrapConfig, bootstrap, sample
 from demo.corpus import corpus, prompt_for, sample_function
 from demo.style import AXES
@@ -89,3 +90,32 @@ def test_same_seed_same_model_and_overwrite_replaces(tmp_path: Path) -> None:
     assert weights.keys() == again.keys()
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary directories left behind
+
+
+def test_the_demo_reuses_its_rented_model_and_rebuilds_it_when_the_recipe_changed(tmp_path: Path) -> None:
+    """`editloop demo --upstream` builds its rented model once; a later demo reuses it unless RENTED_MODEL changed."""
+    from rich.console import Console
+
+    from demo.run import ensure_model, rented_model_dir
+
+    small = BootstrapConfig(documents=200, max_steps=2, seconds=120, batch_size=2, max_length=64)
+    path = tmp_path / "rented"
+    console = Console(record=True, width=200)
+
+    def weights_file() -> int:
+        return (path / "model.safetensors").stat().st_ino
+
+    ensure_model(path, console, small, "rented model", same_config=True)
+    built = weights_file()
+    assert "built now" in console.export_text()
+    ensure_model(path, console, small, "rented model", same_config=True)
+    assert weights_file() == built and "built by an earlier demo" in console.export_text()
+    changed = BootstrapConfig(documents=200, max_steps=3, seconds=120, batch_size=2, max_length=64)
+    ensure_model(path, console, changed, "rented model", same_config=False)  # the base's rule: any output will do
+    assert weights_file() == built
+    ensure_model(path, console, changed, "rented model", same_config=True)
+    assert weights_file() != built and json.loads((path / METADATA).read_text())["steps"] == 3
+
+    with pytest.raises(ValueError, match="not a bootstrap output"):
+        rented_model_dir(Settings(data_dir=tmp_path / "data"), tmp_path, console)
+    assert rented_model_dir(Settings(data_dir=tmp_path / "data"), path, console) == path

@@ -131,12 +131,25 @@ def test_the_demo_raises_acceptance_by_40_points(tiny_model: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_the_upstream_demo_switches_to_our_adapter_when_it_wins(tiny_model: Path, tmp_path: Path) -> None:
-    """`editloop demo --upstream`: round 0 all upstream; by the last round our adapter serves production, accepted
-    at least as often as the rented model was, at a lower cost per accepted generation."""
+def test_the_upstream_demo_switches_to_our_adapter_when_it_wins(
+    tiny_model: Path, rented_model: Path, tmp_path: Path
+) -> None:
+    """`editloop demo --upstream`: round 0 all upstream, served by a stronger model than our base (larger, trained
+    longer: more of its code parses); by the last round our adapter serves production, accepted at least as often as
+    the rented model was, at a lower cost per accepted generation."""
     settings = Settings(data_dir=tmp_path / "data")
     upgrade(settings.sqlalchemy_url)
-    report = run_demo(settings, Console(width=120), model_dir=tiny_model, out_dir=tmp_path / "out", upstream=True)
+    report = run_demo(
+        settings,
+        Console(width=120),
+        model_dir=tiny_model,
+        out_dir=tmp_path / "out",
+        upstream=True,
+        upstream_model=rented_model,
+    )
+    models = report["models"]
+    assert models["rented"]["parameters"] > 2 * models["base"]["parameters"]
+    assert models["rented"]["held_out_loss"] < models["base"]["held_out_loss"]
     first, last = report["rounds"][0], report["rounds"][-1]
     assert set(first["served"]) == {"upstream"}
     rented = first["targets"]["upstream"]

@@ -257,11 +257,15 @@ def test_canary_of_our_adapter_against_production_upstream(
         c = api.completions.create(model="production", prompt=PROMPT, max_tokens=4, temperature=0, user=f"u{i}")
         served[c.model].append(c.id)
     assert min(len(ids) for ids in served.values()) >= 8, {k: len(v) for k, v in served.items()}
-    # the users keep what our adapter wrote and throw the rented model's away
+    # the users keep what our adapter wrote and throw the rented model's away, or rewrite it (the first two)
     events = [
         {"event_id": f"e-{g}", "type": "accepted" if model == version else "rejected", "generation_id": g}
         for model, ids in served.items()
         for g in ids
+    ]
+    events += [
+        {"event_id": f"edit-{g}", "type": "edited", "generation_id": g, "final_text": "return a + b\n"}
+        for g in served["upstream"][:2]
     ]
     for event in events:
         event["occurred_at"] = "2026-11-20T10:00:00Z"
@@ -269,10 +273,52 @@ def test_canary_of_our_adapter_against_production_upstream(
 
     compared = tenant.admin.get("/v1/adapters/compare", params={"a": "canary", "b": "upstream"}).json()
     assert compared["verdict"] == "better" and compared["b"]["model"] == "upstream"
+    console_shows_each_target(gateway, tenant, version)
     with session_scope(gateway.db_url) as session:
         decision = canary.apply_canary_policy(session, project_id)
     assert decision["action"] == "promoted" and decision["baseline"] == "upstream", decision
     assert tenant.admin.get("/v1/adapters/production").json()["name"] == version
+
+
+def console_shows_each_target(gateway: Server, tenant: Tenant, version: str) -> None:
+    """The console's Adapters and Canary pages show, per target, what `GET /v1/adapters/{ref}/metrics` reports."""
+    from ..api.test_console import signed_in, target_rows
+
+    def expected(ref: str) -> dict[str, str]:
+        m = tenant.admin.get(f"/v1/adapters/{ref}/metrics").json()
+        a, e, latency, cost = m["acceptance_rate"], m["edit_rate"], m["latency_ms"], m["cost"]
+
+        def sig(x: float | None) -> str:
+            return "-" if x is None else f"{x:.3g}"
+
+        return {
+            "acceptance": f"{a['rate']:.3f} [{a['low']:.3f}, {a['high']:.3f}]",
+            "edit_rate": f"{e['rate']:.3f} [{e['low']:.3f}, {e['high']:.3f}]",
+            "edit_distance": "-" if m["edit_distance"]["mean"] is None else f"{m['edit_distance']['mean']:.3f}",
+            "latency_p50": f"{latency['p50']:.0f}",
+            "latency_p95": f"{latency['p95']:.0f}",
+            "cost_per_1k": sig(cost["per_1k_generations"]),
+            "cost_per_accepted": sig(cost["per_accepted"]),
+        }
+
+    want = {
+        "upstream": {**expected("upstream"), "aliases": "production"},
+        version: {**expected(version), "aliases": "canary"},
+    }
+    # the users threw every upstream generation away: its spend bought nothing they kept
+    assert want["upstream"]["cost_per_accepted"] == "-" and want[version]["cost_per_accepted"] != "-"
+    assert want["upstream"]["edit_distance"] != "-" and want[version]["edit_distance"] == "-"
+    assert want["upstream"]["acceptance"].startswith("0.000") and want[version]["acceptance"].startswith("1.000")
+    assert float(want[version]["cost_per_1k"]) < float(want["upstream"]["cost_per_1k"])
+    console = signed_in(gateway, tenant.admin_key)
+    adapters = console.get("/ui/adapters")
+    assert adapters.status_code == 200
+    assert target_rows(adapters.text) == want  # the base served nothing and no alias points at it: not listed
+    canary_page = console.get("/ui/canary").text
+    assert target_rows(canary_page) == want  # everything was served after the canary moved
+    assert "latency p50 / p95" in canary_page and "cost per accepted generation" in canary_page
+    old = console.get("/ui/adapters", params={"days": 1}).text
+    assert target_rows(old) == want and console.get("/ui/adapters", params={"days": 0}).status_code == 422
 
 
 def test_the_key_is_never_stored_logged_or_returned(
