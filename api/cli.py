@@ -337,13 +337,18 @@ def demo(
     gateway to simulated editor users over HTTP, and let their accepts, edits and rejects train it for a few rounds
     (rows -> reward model -> policy -> evaluation -> promotion). Prints the acceptance rate, edit distance and reward
     accuracy per round, and writes them as JSON and a PNG plot."""
-    from demo.run import run_demo
+    from demo.run import check_upstream_model, run_demo
     from demo.tastes import load_taste
 
     try:
         load_taste(taste)
     except EditloopError as exc:
         raise typer.BadParameter(exc.detail, param_hint="--taste") from None
+    if upstream_model is not None:
+        try:
+            check_upstream_model(upstream_model)
+        except EditloopError as exc:
+            raise typer.BadParameter(exc.detail, param_hint="--upstream-model") from None
     settings = get_settings()
     ready_schema(settings)
     run_demo(

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from api.cli_common import ready_schema
 from core.db import session_scope
+from core.errors import InvalidInput
 from core.projects import Role, create_key, create_project
 from core.settings import Settings
 from demo.bootstrap import BootstrapConfig
@@ -85,14 +86,21 @@ def ensure_model(
     return path
 
 
+def check_upstream_model(given: Path) -> None:
+    """--upstream-model names a bootstrap output, or the demo refuses to start."""
+    from demo.bootstrap import is_bootstrap_output
+
+    if not is_bootstrap_output(given):
+        raise InvalidInput(f"{given}: not a bootstrap output (`editloop model bootstrap` writes one)")
+
+
 def rented_model_dir(settings: Settings, given: Path | None, console: Console) -> Path:
     """--upstream's rented model: the bootstrap output given, or the demo's own (RENTED_MODEL), built on first use
     into DATA_DIR/demo-rented-model and rebuilt only if the recipe changed."""
-    from demo.bootstrap import RENTED_MODEL, is_bootstrap_output
+    from demo.bootstrap import RENTED_MODEL
 
     if given is not None:
-        if not is_bootstrap_output(given):
-            raise ValueError(f"{given}: not a bootstrap output (editloop model bootstrap writes one)")
+        check_upstream_model(given)
         return given
     return ensure_model(settings.data_dir / "demo-rented-model", console, RENTED_MODEL, "rented model", True)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InvalidInput
 from core.settings import Settings
 from demo.bootstrap import METADATA, BootstrapConfig, bootstrap, sample
 from demo.corpus import corpus, prompt_for, sample_function
@@ -116,6 +117,6 @@ def test_the_demo_reuses_its_rented_model_and_rebuilds_it_when_the_recipe_change
     ensure_model(path, console, changed, "rented model", same_config=True)
     assert weights_file() != built and json.loads((path / METADATA).read_text())["steps"] == 3
 
-    with pytest.raises(ValueError, match="not a bootstrap output"):
+    with pytest.raises(InvalidInput, match="not a bootstrap output"):
         rented_model_dir(Settings(data_dir=tmp_path / "data"), tmp_path, console)
     assert rented_model_dir(Settings(data_dir=tmp_path / "data"), path, console) == path

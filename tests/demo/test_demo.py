@@ -60,6 +60,13 @@ def test_the_cli_refuses_a_bad_taste_before_doing_anything() -> None:
     assert "--taste" in result.output
 
 
+def test_the_cli_refuses_an_upstream_model_that_is_not_a_bootstrap_output(tmp_path: Path) -> None:
+    args = ["demo", "--upstream", "--upstream-model", str(tmp_path)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})  # the path on one line of the error box
+    assert result.exit_code == 2
+    assert "--upstream-model" in result.output and "not a bootstrap output" in result.output
+
+
 def test_users_reject_broken_code_accept_their_taste_and_edit_the_rest() -> None:
     _, pep8 = load_taste("pep8")
     assert react("def f(:\n", pep8).outcome == "rejected"
