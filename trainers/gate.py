@@ -12,18 +12,21 @@ each "higher is worse" per example except the parse rate:
   learn to say less).
 
 "Worse beyond noise" means the whole 95% interval of the difference lies beyond the measure's tolerance on the
-worse side (tolerances are project settings, `model.gate`; None turns a guardrail off). A candidate must not be
-worse than the base on any measure, nor than production. When production has changed since the candidate was
-evaluated, production's own evaluation stands in if it covers every one of the candidate's examples (the same
-held-out generations, greedy, so the same outputs); otherwise the gate refuses and says how to re-evaluate. It
-never compares different prompts. Pure Python: the API process decides promotions and never imports torch."""
+worse side (tolerances are project settings, `model.gate`; None turns a guardrail off), and an exact sign-flip
+permutation test of the same differences agrees (p < 0.05). The second test is for small evaluations: with four
+examples all worse, the bootstrap's interval lies above zero, though a coin gives four of a kind one time in eight;
+the sign-flip test calls nothing worse on fewer than six examples. A candidate must not be worse than the base on
+any measure, nor than production. When production has changed since the candidate was evaluated, production's own
+evaluation stands in if it covers every one of the candidate's examples (the same held-out generations, greedy, so
+the same outputs); otherwise the gate refuses and says how to re-evaluate. It never compares different prompts.
+Pure Python: the API process decides promotions and never imports torch."""
 
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainers.metrics import mean_ci
+from trainers.metrics import mean_ci, sign_flip_p_value
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -77,8 +80,11 @@ def _compare(a: list[float], b: list[float], higher_is_worse: bool, tolerance: f
     }
     if ci["mean"] is None:
         out["worse"] = None
-    else:
-        out["worse"] = ci["low"] > tolerance if higher_is_worse else ci["high"] < -tolerance
+        return out
+    beyond = ci["low"] > tolerance if higher_is_worse else ci["high"] < -tolerance
+    shifted = [d - tolerance if higher_is_worse else d + tolerance for d in diffs]
+    out["p_value"], _ = sign_flip_p_value(shifted, RESAMPLES, seed=0)
+    out["worse"] = beyond and out["p_value"] < 1 - CONFIDENCE
     return out
 
 

@@ -79,7 +79,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = 
     return {"mean": mean, "low": _quantile(means, alpha / 2), "high": _quantile(means, 1 - alpha / 2), "n": n}
 
 
-def _sign_flip_p_value(diffs: Sequence[float], resamples: int, seed: int) -> tuple[float, str]:
+def sign_flip_p_value(diffs: Sequence[float], resamples: int, seed: int) -> tuple[float, str]:
     """Two-sided paired permutation test: under "no difference" each difference is as likely positive as negative.
     Exact enumeration when 2^n <= resamples, Monte Carlo otherwise (p = (1 + hits) / (1 + resamples))."""
     n = len(diffs)
@@ -125,7 +125,7 @@ def paired_difference(
     if n > 1 and (ci["low"] > 0 or ci["high"] < 0):
         a_higher = ci["low"] > 0
         significant = "better" if a_higher == higher_is_better else "worse"
-    p_value, p_test = _sign_flip_p_value(diffs, resamples, seed)
+    p_value, p_test = sign_flip_p_value(diffs, resamples, seed)
     return {
         **ci,
         "a_mean": math.fsum(float(x) for x in a) / n,

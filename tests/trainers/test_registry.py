@@ -218,6 +218,21 @@ def test_gate_statistics() -> None:
     assert check(evaluated([0.9] * 20, base=[0.3] * 20), edit_distance=None)["passed"]
 
 
+def test_the_gate_calls_nothing_worse_on_too_few_examples_to_tell() -> None:
+    """Four examples all worse put the bootstrap's interval above zero, but four of a kind come up one time in eight
+    by chance: the sign-flip test keeps the gate from refusing on that; eight of eight (p = 1/128) it refuses."""
+
+    def verdict(n: int) -> dict:
+        return gate.check(gate.Evaluated("v2", evaluated([0.5] * n, base=[0.3] * n)), None)
+
+    four = verdict(4)
+    measure = four["against"]["base"]["measures"]["edit_distance"]
+    assert measure["low"] > 0 and measure["p_value"] == 0.125
+    assert four["passed"] and not measure["worse"]
+    eight = verdict(8)
+    assert not eight["passed"] and eight["against"]["base"]["measures"]["edit_distance"]["p_value"] < 0.01
+
+
 def test_the_gate_compares_the_same_examples_when_production_was_evaluated_on_another_split() -> None:
     """Production v1 was evaluated on an older snapshot's eval split (keys a*); the candidate on a newer one (keys
     b*), with v1 generating on those same examples: the gate pairs on the candidate's examples, n = all of them."""
