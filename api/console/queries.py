@@ -15,7 +15,7 @@ from feedback import daily
 from feedback.fold import settle
 from feedback.models import DatasetBuild, DatasetSnapshot, TrainingRow
 from trainers import registry
-from trainers.canary import BASE, version_metrics, wilson
+from trainers.canary import BASE, versions_metrics, wilson
 from trainers.config import upstream_settings
 from trainers.models import ACTIVE, AdapterVersion, TrainingRun
 
@@ -132,12 +132,8 @@ def targets(session: Session, project_id: int, since: datetime | None) -> list[d
     for i, v in enumerate(policies):
         if i < TARGET_VERSIONS or v.id in pointed:
             names.append((v.name, pointed.get(v.id, [])))
-    rows = []
-    for name, aliases in names:
-        metrics = version_metrics(session, project_id, name, since, fold=False)
-        if metrics["served"] or aliases:
-            rows.append({**metrics, "aliases": aliases})
-    return rows
+    metrics = versions_metrics(session, project_id, [name for name, _ in names], since, fold=False)
+    return [{**metrics[name], "aliases": aliases} for name, aliases in names if metrics[name]["served"] or aliases]
 
 
 def versions_by_id(session: Session, project_id: int) -> dict[int, str]:

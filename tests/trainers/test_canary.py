@@ -245,6 +245,35 @@ def test_version_metrics_from_known_counts(db_url: str, tmp_path: Path, adapter:
             canary.version_metrics(session, pid, "canary")
 
 
+def test_latency_percentiles_and_cost_per_target_agree_on_both_backends(db_url: str) -> None:
+    """Nearest-rank p50 / p95 (Postgres' percentile_disc, Python's own on SQLite) and cost from each generation's
+    recorded `gateway.cost`; several targets in one call give what each gives alone."""
+    pid = new_project(db_url)
+    events = []
+    for model, latencies, cost in (("base", range(1, 21), 0.002), ("upstream", range(100, 111), None)):
+        batch = served(model, accepted=len(latencies))
+        generations = [e for e in batch if e["type"] == "generation"]
+        for event, latency in zip(generations, latencies, strict=True):
+            event["latency_ms"] = float(latency)
+            if cost is not None:
+                event["metadata"] = {"gateway": {"cost": cost}}
+        generations[0].setdefault("metadata", {})["gateway"] = {"cost": "not a number"}  # ignored, not an error
+        events += batch
+    send(db_url, pid, events)
+    with session_scope(db_url) as session:
+        both = canary.versions_metrics(session, pid, ["base", "upstream"])
+        for ref in ("base", "upstream"):
+            alone = canary.version_metrics(session, pid, ref)
+            assert alone == both[ref]
+    base, upstream = both["base"], both["upstream"]
+    assert base["latency_ms"] == {"n": 20, "p50": 10.0, "p95": 19.0}  # ranks ceil(0.5 * 20) and ceil(0.95 * 20)
+    assert upstream["latency_ms"] == {"n": 11, "p50": 105.0, "p95": 110.0}
+    assert base["cost"]["priced"] == 19 and base["cost"]["total"] == pytest.approx(19 * 0.002)
+    assert base["cost"]["per_1k_generations"] == pytest.approx(2.0)
+    assert base["cost"]["per_accepted"] == pytest.approx(0.002 * 20 / 20)  # unpriced ones at the priced mean
+    assert upstream["cost"] == {"priced": 0, "total": None, "per_1k_generations": None, "per_accepted": None}
+
+
 def test_compare_names_its_tests_and_judges(db_url: str, tmp_path: Path, adapter: Path) -> None:
     pid = new_project(db_url, min_samples=20)
     prod, canary_name = production_and_canary(db_url, tmp_path, pid, adapter)
