@@ -40,6 +40,16 @@ RECIPES: dict[str, tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[
         {"epochs": 10.0, "max_steps": 300, "learning_rate": 5e-4},
         {"sft_accepted": True},
     ),
+    "sft-10ep-lr2e-4-accepted": (
+        "sft",
+        {"epochs": 10.0, "max_steps": 300, "learning_rate": 2e-4},
+        {"sft_accepted": True},
+    ),
+    "sft-5ep-lr5e-4-accepted": (
+        "sft",
+        {"epochs": 5.0, "max_steps": 300, "learning_rate": 5e-4},
+        {"sft_accepted": True},
+    ),
     "combined-10ep-sft1": ("combined", {"epochs": 10.0, "max_steps": 300, "loss_weights": [1.0, 1.0]}),
     "combined-10ep-sft1-beta0.5": (
         "combined",
@@ -127,11 +137,20 @@ def main() -> None:
     def accepted(texts: list[str]) -> float:
         return sum(parses(t) and taste(t) == t for t in texts) / len(texts)
 
+    # The promotion gate's edit replay on these prompts: the distance to what a user would keep of the base's code
+    # (the base's parsing completions, edited to taste), as the first promotion is judged against the base.
+    kept = {i: taste(t) for i, t in enumerate(base_test) if parses(t)}
+
+    def replay(texts: list[str]) -> float:
+        return sum(metrics.normalized_edit_distance(texts[i], k) for i, k in kept.items()) / len(kept)
+
     results = {"taste": args.taste, "edited": edited, "accepted": sum(parses(c) for c in completions) - edited,
-               "base": {"accepted": accepted(base_test), "parse_rate": metrics.parse_rate(base_test)["rate"]},
+               "base": {"accepted": accepted(base_test), "parse_rate": metrics.parse_rate(base_test)["rate"],
+                        "replay": replay(base_test)},
                "recipes": {}}  # fmt: skip
     print(f"{args.taste}: {edited} edits, {results['accepted']} accepted as they were; base accepted "
-          f"{results['base']['accepted']:.2f}, parse rate {results['base']['parse_rate']:.2f}")  # fmt: skip
+          f"{results['base']['accepted']:.2f}, parse rate {results['base']['parse_rate']:.2f}, replay "
+          f"{results['base']['replay']:.3f}")  # fmt: skip
     from peft import PeftModel
 
     out_dir = Path("benchmarks/results/small_edits")  # each recipe's greedy code on the fresh prompts
@@ -155,10 +174,11 @@ def main() -> None:
         texts = [text for text, _ in limited]
         broken = [truncated for text, truncated in limited if not parses(text)]
         entry = {"accepted": accepted(texts), "parse_rate": metrics.parse_rate(texts)["rate"], "seconds": seconds,
-                 "steps": steps, "sft_rows": sft_rows, "unparsed_truncated": sum(broken),
+                 "steps": steps, "replay": replay(texts), "sft_rows": sft_rows, "unparsed_truncated": sum(broken),
                  "unparsed_stopped": len(broken) - sum(broken)}  # fmt: skip
         results["recipes"][name] = entry
-        print(f"  {name:26} accepted {entry['accepted']:.2f}  parse {entry['parse_rate']:.2f} (not parsing: "
+        print(f"  {name:26} accepted {entry['accepted']:.2f}  parse {entry['parse_rate']:.2f}  replay "
+              f"{entry['replay']:.3f} (not parsing: "
               f"{entry['unparsed_truncated']} cut at 128 tokens, {entry['unparsed_stopped']} stopped)  "
               f"{sft_rows} sft rows, {steps} steps, {seconds:.0f} s")  # fmt: skip
         (out_dir / f"{args.taste}-{name}.json").write_text(json.dumps(texts, indent=1))
