@@ -55,7 +55,7 @@ DEMO_PIPELINE: dict[str, Any] = {
 }
 # The demo project's data settings (the defaults). `dataset.sft_accepted` (SFT on the code users accepted as it was,
 # beside what they edited) held the small tastes' parse rate in benchmarks/small_edits.py, but in the demo it did not
-# make their promotions reliable (explicit-get promoted in 1 of 2 runs, 0 of 2 without; camel-defs in 0 of 3, 1 of 2
+# make their promotions reliable (explicit-get promoted in 1 of 2 runs, 0 of 3 without; camel-defs in 0 of 3, 1 of 3
 # without: the base's accepted code there is its all-camelCase documents, which teach camelCase variables). Off; see
 # README.md and benchmarks/README.md.
 DEMO_DATASET: dict[str, Any] = {}
