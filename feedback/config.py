@@ -30,6 +30,11 @@ class DatasetConfig(BaseModel):
     distill_upstream: bool = Field(
         True, description="Accepted generations of the upstream (the rented model) become SFT rows: distillation."
     )
+    sft_accepted: bool = Field(
+        False,
+        description="Accepted generations of our own model also become SFT rows (what users kept as it was, beside "
+        "what they edited it into). Off: they teach through KTO and choice pairs only.",
+    )
     split_by: Literal["time", "user"] = Field("time", description="time: the newest prompts are eval; user: by user.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of prompt groups held out for evaluation.")
     retrain_min_new_rows: int = Field(

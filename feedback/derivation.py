@@ -6,10 +6,14 @@ What a generation yields (from its join row and its prompt group alone, so never
 - `edit_pair` `edit:{gid}`: prompt, chosen = the user's final text, rejected = the model's completion (edited).
 - `sft` `sft:{gid}`: prompt -> the user's final text, for edits only. Accepted completions are the model's own
   output: SFT on them is self-distillation, which reinforces the model's habits and would outnumber the edits;
-  their signal goes into KTO (label true) and choice pairs instead.
+  their signal goes into KTO (label true) and choice pairs instead, unless `sft_accepted` is on.
 - `sft` `sft:accepted:{gid}`: prompt -> the completion, for accepted generations of the upstream (the rented model,
   `model` = `upstream`) when `distill_upstream` is on: what users kept of another model's code is not our model's
   habit but what we want to learn from it (distillation).
+- `sft` `sft:kept:{gid}`: prompt -> the completion, for accepted generations of our own model when `sft_accepted`
+  is on: what users kept as it was, filtered by their verdict (expert iteration), beside what they edited; it holds
+  the syntax that SFT on a few edited texts erodes. The edit replay leaves these rows out (trainers/execute.py): the
+  model that wrote such a text replays it at distance 0, which would measure who wrote the data.
 - `kto` `kto:final:{gid}`: the user's final text, label true (edited).
 - `kto` `kto:completion:{gid}`: the model's completion, one row per generation (one row per text), labelled by the
   strongest signal: an explicit rating (score > 0 true, < 0 false; 0 says nothing) over the edit (false; true for
@@ -94,6 +98,7 @@ GATE_FIELDS = frozenset(
         "near_duplicate_similarity",
         "check_python_syntax",
         "distill_upstream",
+        "sft_accepted",
     }
 )
 
@@ -344,8 +349,12 @@ class _Rules:
                 rows.append(_row("kto", f"kto:completion:{gid}", g, events, completion=completion, label=p.label))
             if g.outcome == "accepted" and p.label:
                 accepted.append(p)
-                if self.config.distill_upstream and g.model == UPSTREAM and fresh(("sft", None), completion):
-                    rows.append(_row("sft", f"sft:accepted:{gid}", g, events, completion=completion))
+                if g.model == UPSTREAM:
+                    key = f"sft:accepted:{gid}" if self.config.distill_upstream else None
+                else:
+                    key = f"sft:kept:{gid}" if self.config.sft_accepted else None
+                if key is not None and fresh(("sft", None), completion):
+                    rows.append(_row("sft", key, g, events, completion=completion))
             elif g.outcome == "rejected" and not p.label:
                 rejected.append(p)
         if accepted and rejected:

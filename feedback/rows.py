@@ -399,7 +399,7 @@ class _Build:
             self.written_for.update(gids)  # whatever this page writes for them, a later page finds
         keys = {
             "edit_pair": [f"edit:{g}" for g in lookup],
-            "sft": [f"sft:{g}" for g in lookup],
+            "sft": [f"sft{kind}:{g}" for kind in ("", ":accepted", ":kept") for g in lookup],
             "kto": [f"kto:completion:{g}" for g in lookup] + [f"kto:final:{g}" for g in lookup],
         }
         for kind, wanted in keys.items():

@@ -253,8 +253,10 @@ def _online_prompts(ctx: RunContext, tokenizer: Any, limit: int) -> list[dict[st
 def _replay_rows(ctx: RunContext, tokenizer: Any, limit: int) -> list[dict[str, Any]]:
     """Held-out prompts and what the user finally kept for them (the eval split's SFT rows), with the model's
     completion that the user edited (`editloop_original`, from the same generation's edit pair) where there is one:
-    the edited-region replay compares only what the user changed."""
-    rows = _rows(ctx, "sft", "eval", limit)
+    the edited-region replay compares only what the user changed. Our own accepted code (`sft:kept:` rows, with
+    dataset.sft_accepted) is left out: the model that wrote it replays it at distance 0, so it would measure who
+    wrote the data rather than what users want."""
+    rows = [r for r in _rows(ctx, "sft", "eval") if not r["editloop_source_key"].startswith("sft:kept:")][:limit]
     fields = ("prompt", "completion", "editloop_source_key", "editloop_python")
     out = as_text(rows, tokenizer, fields)
     for text, row in zip(out, rows, strict=True):  # to find the upstream's logged answer to the same prompt

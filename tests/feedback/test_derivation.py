@@ -224,6 +224,7 @@ def test_the_rows_do_not_depend_on_the_order_of_the_generations():
 def test_the_version_names_the_gate_settings_only():
     assert version(DEFAULTS) == version(DatasetConfig(eval_fraction=0.3, split_by="user"))
     assert version(DEFAULTS) != version(DatasetConfig(min_chars=2))
+    assert version(DEFAULTS) != version(DatasetConfig(sft_accepted=True))
 
 
 def test_accepted_upstream_generations_are_distilled_into_sft_rows_and_ours_are_not() -> None:
@@ -238,6 +239,10 @@ def test_accepted_upstream_generations_are_distilled_into_sft_rows_and_ours_are_
     negatives = {r["source_key"] for r in rows if r["kind"] == "kto" and r["label"] is False}
     assert negatives == {"kto:completion:down"}  # a rejected upstream generation is a KTO negative, as ours are
     assert not [r for r in derive(gens, DatasetConfig(distill_upstream=False)).rows if r["kind"] == "sft"]
+    both = derive(gens, DatasetConfig(sft_accepted=True)).rows
+    assert sorted(r["source_key"] for r in both if r["kind"] == "sft") == ["sft:accepted:up", "sft:kept:own"]
+    own = derive(gens, DatasetConfig(sft_accepted=True, distill_upstream=False)).rows
+    assert [r["source_key"] for r in own if r["kind"] == "sft"] == ["sft:kept:own"]
 
 
 def test_trivial_is_by_meaning_not_by_size():

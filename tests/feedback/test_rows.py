@@ -130,6 +130,24 @@ def test_an_accepted_and_a_rejected_completion_of_a_prompt_make_a_choice_pair(db
     assert not any(r["kind"] == "sft" for r in got.values())
 
 
+def test_sft_accepted_makes_sft_rows_of_accepted_code_and_turning_it_off_removes_them(db_url):
+    p = new_project(db_url, sft_accepted=True)
+    send(db_url, p, decided("good", "accepted", 0, variant(0)) + decided("bad", "rejected", 1, variant(1)))
+    send(db_url, p, edit("g", 2, prompt="def other():\n"))
+    build(db_url, p)
+    got = rows(db_url, p)
+    assert {k: r["completion"] for k, r in got.items() if r["kind"] == "sft"} == {
+        "sft:kept:good": variant(0),
+        "sft:g": EDITED,
+    }
+    assert got["sft:kept:good"]["event_ids"] == ["good:gen", "good:accepted"]
+    with session_scope(db_url) as session:
+        session.get(Project, p).settings = {"dataset": {"sft_accepted": False}}
+    result = build(db_url, p)
+    assert {k for k, r in rows(db_url, p).items() if r["kind"] == "sft"} == {"sft:g"}
+    assert "sft:kept:good" in rows(db_url, p, active=False) and result.rows_removed == 1
+
+
 def test_choice_pairs_are_capped_per_accepted_generation(db_url):
     p = new_project(db_url)
     events = decided("a", "accepted", 0, variant(0))

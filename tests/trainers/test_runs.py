@@ -13,6 +13,7 @@ import pytest
 from core.db import session_scope
 from core.errors import Conflict, InvalidInput
 from core.settings import Settings
+from feedback.models import DatasetSnapshot
 from trainers import registry, runs
 from trainers.models import AdapterVersion, TrainingRun
 
@@ -90,6 +91,44 @@ def test_each_method_trains_and_registers_a_loadable_version(
     assert ev["parse_rate"]["candidate"]["n"] == ev["edit_replay"]["candidate"]["n"]
     assert "base" in ev["edit_replay_vs"] and ev["per_example"][0]["key"]
     assert 0 <= ev["implicit_reward"]["accuracy"] <= 1
+
+
+def test_sft_trains_on_accepted_code_with_sft_accepted_but_the_replay_leaves_it_out(
+    sqlite_url: str, model_dir: Path, tmp_path: Path
+) -> None:
+    """Our own accepted code replays at distance 0 for the model that wrote it: it trains, it does not judge."""
+    from datetime import timedelta
+
+    from feedback.rows import build_rows
+    from feedback.service import ingest
+
+    from .tiny import T0
+
+    url = sqlite_url
+    project_id = style_project(url, model_dir, n=30, sft_accepted=True)
+    events = []
+    for i in range(30):
+        gid, t = f"ok{i}", T0 + timedelta(hours=1, minutes=i)
+        events.append({"event_id": f"{gid}:gen", "type": "generation", "generation_id": gid,
+                       "prompt": f"def f{i}(x):\n", "completion": f"    return x + {i}\n", "model": "base",
+                       "language": "python", "occurred_at": t.isoformat()})  # fmt: skip
+        events.append({"event_id": f"{gid}:ok", "type": "accepted", "generation_id": gid,
+                       "occurred_at": (t + timedelta(seconds=5)).isoformat()})  # fmt: skip
+    with session_scope(url) as session:
+        ingest(session, project_id, events, Settings())
+    with session_scope(url) as session:
+        build_rows(session, project_id)
+    run = run_once(url, project_id, "sft", settings_for(url, tmp_path), **{**FAST, "eval_examples": 64})
+    assert run.status == "succeeded", run.error
+    with session_scope(url) as session:
+        snapshot = session.get(DatasetSnapshot, run.snapshot_id)
+        counts = snapshot.counts["sft"]
+        version = session.get(AdapterVersion, run.version_ids[0])
+        metrics = version.metrics
+    assert metrics["train"]["train_examples"] == counts["train"] > 30  # the edited code and the accepted code
+    keys = [e["key"] for e in metrics["eval"]["per_example"]]
+    assert keys and counts["eval"] > len(keys)  # the eval split holds accepted code too, left out of the replay
+    assert not [k for k in keys if k.startswith("sft:kept:")]
 
 
 def test_pipeline_continues_production_and_compares_against_it(pg_url: str, model_dir: Path, tmp_path: Path) -> None:
