@@ -242,7 +242,12 @@ class GateSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    edit_distance: float | None = Field(0.0, ge=0, description="Edit replay distance to what users kept (0-1).")
+    edit_distance: float | None = Field(
+        0.0,
+        ge=0,
+        description="Edit replay distance to what users kept (0-1): over the regions users changed where an example"
+        " is an edit of a model's code, over the whole text otherwise.",
+    )
     parse_rate: float | None = Field(0.0, ge=0, description="Share of Python generations that parse.")
     empty: float | None = Field(0.0, ge=0, description="Share of empty (whitespace-only) generations.")
     degenerate: float | None = Field(
@@ -250,7 +255,10 @@ class GateSettings(BaseModel):
     )
     truncated: float | None = Field(0.0, ge=0, description="Share of generations cut off at the token limit.")
     length_shortfall: float | None = Field(
-        0.0, ge=0, description="How much shorter than what the user kept (0 as long or longer, 1 empty), on average."
+        0.05,
+        ge=0,
+        description="How much shorter than what the user kept (0 as long or longer, 1 empty), on average; a few"
+        " percent is wording (camelCase is shorter than snake_case), the guard is for a policy that says much less.",
     )
 
 

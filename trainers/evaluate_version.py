@@ -89,18 +89,15 @@ def evaluate_policy(
             **metrics.compare_replay(ours, {"upstream": theirs})["upstream"],
         }
     edited = [i for i, r in enumerate(replay) if r.get("editloop_original") is not None]
+    regions: dict[str, dict[int, float]] = {}  # system -> example index -> its edited-region distance
     if edited:  # small edits: what the user changed, where the whole-text distance barely moves
         originals = [replay[i]["editloop_original"] for i in edited]
-        out["edit_region"] = {
-            system: {
-                k: v
-                for k, v in metrics.edited_region_replay(
-                    [texts[i] for i in edited], [finals[i] for i in edited], originals
-                ).items()
-                if k != "distances"
-            }
-            for system, texts in generated.items()
-        }
+        out["edit_region"] = {}
+        for system, texts in generated.items():
+            region = metrics.edited_region_replay([texts[i] for i in edited], [finals[i] for i in edited], originals)
+            out["edit_region"][system] = {k: v for k, v in region.items() if k != "distances"}
+            changed = [i for i in edited if metrics.edited_windows(replay[i]["editloop_original"], finals[i])]
+            regions[system] = dict(zip(changed, region["distances"], strict=True))
     python = [i for i, r in enumerate(replay) if r.get("editloop_python")]
     flags = {system: [metrics.parses(texts[i]) for i in python] for system, texts in generated.items()}
     out["parse_rate"] = {system: {"rate": sum(f) / len(f) if f else None, "n": len(f)} for system, f in flags.items()}
@@ -110,6 +107,8 @@ def evaluate_policy(
         for system, s in scored.items():
             prefix = "" if system == "candidate" else f"{system}_"
             entry[f"{prefix}distance"] = s["distances"][i]
+            if i in regions.get(system, {}):
+                entry[f"{prefix}region_distance"] = regions[system][i]
             for name, values in guards[system].items():
                 entry[f"{prefix}{name}"] = values[i]
             if row.get("editloop_python"):

@@ -5,7 +5,10 @@ its snapshot's held-out examples, with the candidate, with the base (adapter off
 of the time; the gate pairs those per example and bootstraps each difference (candidate minus other). Measures,
 each "higher is worse" per example except the parse rate:
 
-- `edit_distance`: the edit replay distance to what the user kept;
+- `edit_distance`: the edit replay distance to what the user kept: over the regions the user changed, where the
+  example is an edit of a model's code (the whole text would favour the model that wrote that code: a candidate that
+  learnt a two-character convention but words the rest differently is farther from the kept text than the base
+  whose code was edited, and was refused for it), over the whole text otherwise;
 - guardrails against reward hacking, on the same generations: `parse_rate` (Python that parses), `empty` (nothing
   but whitespace), `degenerate` (the output ends in a loop of one repeated chunk), `truncated` (generation stopped
   at the token limit, not at eos) and `length_shortfall` (how much shorter than what the user kept: a policy can
@@ -39,7 +42,11 @@ MEASURES: dict[str, tuple[str, bool]] = {
     "truncated": ("truncated", True),
     "length_shortfall": ("shortfall", True),
 }
+REGION_FIELD = "region_distance"  # per example, the edited-region replay distance, preferred to `distance`
+# A shortfall of a few percent is wording (camelCase names are shorter than snake_case); the guard is for a policy
+# that learnt to say much less.
 DEFAULT_TOLERANCES: dict[str, float | None] = {name: 0.0 for name in MEASURES}
+DEFAULT_TOLERANCES["length_shortfall"] = 0.05
 WORDS = {
     "edit_distance": "edit replay distance is higher",
     "parse_rate": "parse rate is lower",
@@ -98,14 +105,17 @@ def _against(
         tolerance = tolerances.get(name, DEFAULT_TOLERANCES[name])
         if tolerance is None:
             continue
+        fields = (REGION_FIELD, field) if name == "edit_distance" else (field,)
         a: list[float] = []
         b: list[float] = []
         for row in rows:
             other = row if other_rows is None else other_rows[row["key"]]
-            theirs = other.get(prefix + field if other_rows is None else field)
-            if row.get(field) is not None and theirs is not None:
-                a.append(float(row[field]))
-                b.append(float(theirs))
+            for f in fields:  # the first that both systems have for this example
+                theirs = other.get(prefix + f if other_rows is None else f)
+                if row.get(f) is not None and theirs is not None:
+                    a.append(float(row[f]))
+                    b.append(float(theirs))
+                    break
         if a:
             out[name] = _compare(a, b, higher_is_worse, float(tolerance))
     return out

@@ -233,6 +233,19 @@ def test_the_gate_calls_nothing_worse_on_too_few_examples_to_tell() -> None:
     assert not eight["passed"] and eight["against"]["base"]["measures"]["edit_distance"]["p_value"] < 0.01
 
 
+def test_the_gate_judges_an_edit_of_the_bases_code_by_the_region_the_user_changed() -> None:
+    """Users edited two characters of the base's code; the candidate writes the convention but words the rest its own
+    way: far from the kept text as a whole (the base is nearest: it wrote it), closest over the changed regions."""
+    metrics = evaluated([0.2] * 20, base=[0.01] * 20)
+    whole_only = gate.check(gate.Evaluated("v2", metrics), None)
+    assert not whole_only["passed"] and "edit replay distance is higher than base's" in whole_only["reasons"][0]
+    for row in metrics["eval"]["per_example"]:
+        row["region_distance"], row["base_region_distance"] = 0.0, 0.5
+    verdict = gate.check(gate.Evaluated("v2", metrics), None)
+    assert verdict["passed"], verdict["reasons"]
+    assert verdict["against"]["base"]["measures"]["edit_distance"]["difference"] == pytest.approx(-0.5)
+
+
 def test_the_gate_compares_the_same_examples_when_production_was_evaluated_on_another_split() -> None:
     """Production v1 was evaluated on an older snapshot's eval split (keys a*); the candidate on a newer one (keys
     b*), with v1 generating on those same examples: the gate pairs on the candidate's examples, n = all of them."""
