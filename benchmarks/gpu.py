@@ -60,24 +60,12 @@ BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 def build_model(out: Path, shape: dict[str, Any], vocab: int) -> Path:
     """A Qwen2 model of `shape` with random weights, and a tokenizer trained on the demo corpus."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+    from transformers import AutoModelForCausalLM, Qwen2Config
 
+    from demo.bootstrap import build_tokenizer
     from demo.corpus import corpus
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus(400, seed=1), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|pad|>"
-    )
+    tokenizer = build_tokenizer(list(corpus(400, seed=1)), vocab)
     cpu = not torch.cuda.is_available()
     # The real vocabulary's embedding size on the GPU (its memory and FLOPs count); the tokenizer's on the CPU.
     config = Qwen2Config(
