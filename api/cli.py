@@ -303,8 +303,9 @@ def demo(
     taste: Annotated[
         str,
         typer.Option(
-            help="The simulated users' taste: pep8, legacy, terse, typed-double, or module:function (any function "
-            "from code to the user's edited code)."
+            help="The simulated users' taste: pep8, legacy, terse, typed-double (restyles), camel-defs, explicit-get,"
+            " paren-return (small edits: one convention of a few tokens), or module:function (any function from code"
+            " to the user's edited code)."
         ),
     ] = "pep8",
     rounds: Annotated[int, typer.Option(min=1, max=10, help="Training rounds after the base model's round.")] = 3,

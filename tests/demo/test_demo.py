@@ -60,6 +60,12 @@ def test_the_cli_refuses_a_bad_taste_before_doing_anything() -> None:
     assert "--taste" in result.output
 
 
+def test_the_cli_help_names_every_builtin_taste() -> None:
+    result = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert all(name in result.output for name in TASTES), result.output
+
+
 def test_the_cli_refuses_an_upstream_model_that_is_not_a_bootstrap_output(tmp_path: Path) -> None:
     args = ["demo", "--upstream", "--upstream-model", str(tmp_path)]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})  # the path on one line of the error box
