@@ -3,6 +3,7 @@
 Nothing here imports torch at module import time: the collector must start without it."""
 
 import importlib.metadata
+import logging
 import os
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes")
@@ -22,6 +23,10 @@ def offline_env() -> None:
     if os.environ.get("EDITLOOP_ALLOW_DOWNLOADS", "") != "1":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        # Offline, bitsandbytes' try at a Hub kernel for 4-bit CPU matmuls (on AVX512-BF16 CPUs) always fails and it
+        # falls back to its own kernel; its two warnings read like an error in every run's output.
+        for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # per-map bars flood worker logs
     os.environ.setdefault(ONEDNN_CACHE_VAR, "8")
 

@@ -185,7 +185,7 @@ def rented_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Tests that load or train a model: `pytest -m "not ml"` (make test-fast) runs the rest in a minute or two.
-ML_DIRECTORIES = ("trainers", "demo", "serving", "rewards")
+ML_DIRECTORIES = ("trainers", "demo", "serving", "rewards", "ml")
 ML_FIXTURES = {"tiny_model", "rented_model", "serving_model"}
 ML_HELPERS = ("tests.trainers.tiny", "tests.tiny_llama")
 
