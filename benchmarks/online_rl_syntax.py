@@ -9,8 +9,8 @@ project whose users add type hints, a reward model on their edits) and then each
 greedy rule share on 48 fresh prompts up by 0.25 or more, and the parse rate held (the paired 95% bootstrap interval
 of tuned - base per prompt not wholly below 0, the promotion gate's rule).
 
-Run:  .venv/bin/python benchmarks/online_rl_syntax.py --model PATH --configs parse_weight=2 parse_weight=4
-      (PATH: a bootstrap output; ~2 min for the reward model, then ~2 min per run on 2 cores)
+Run:  .venv/bin/python benchmarks/online_rl_syntax.py --model PATH --bootstrap-seeds 1,2 --configs '' parse_weight=2
+      (PATH: a bootstrap output; per base model ~1 min for its reward model, then ~1 min per run on 2 cores)
 Set ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 to hold torch's kernels to AVX2 on an AVX-512 CPU."""
 
 import argparse
@@ -31,6 +31,8 @@ sys.path.insert(0, str(REPO))
 
 STEPS = 32
 PROMPTS = 48
+HEADER = """| base | config | seed | greedy rule share | parse rate | broken / fixed | tuned - base interval | test |
+| --- | --- | --- | --- | --- | --- | --- | --- |"""
 
 
 def parse_overrides(spec: str) -> dict[str, Any]:
@@ -89,7 +91,8 @@ def one_run(
     from trainers.models import AdapterVersion
 
     started = time.perf_counter()
-    run = execute(url, project_id, "rloo", data_dir, max_steps=STEPS, eval_examples=40, seed=seed, **overrides)
+    config = {"max_steps": STEPS, "eval_examples": 40, "seed": seed, **overrides}
+    run = execute(url, project_id, "rloo", data_dir, **config)
     if run["status"] != "succeeded":
         return {"status": run["status"], "error": run["error"]}
     with session_scope(url) as session:
@@ -115,14 +118,37 @@ def one_run(
     return row
 
 
+def base_models(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
+    """The given bootstrap outputs, then TINY_MODEL bootstrapped with each --bootstrap-seeds seed (another corpus,
+    initialisation and data order: another base model of the same recipe, as another CPU kind's bootstrap is)."""
+    from dataclasses import replace
+
+    from demo.bootstrap import TINY_MODEL, bootstrap
+
+    models = [(str(path), path) for path in args.model]
+    for seed in args.bootstrap_seeds:
+        out = work / f"bootstrap-{seed}"
+        print(f"bootstrapping TINY_MODEL with seed {seed} ...", flush=True)
+        bootstrap(out, replace(TINY_MODEL, seed=seed))
+        models.append((f"bootstrap seed {seed}", out))
+    return models
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="A bootstrap output (editloop bootstrap).")
+    parser.add_argument("--model", type=Path, nargs="*", default=[], help="Bootstrap outputs (editloop bootstrap).")
+    parser.add_argument(
+        "--bootstrap-seeds",
+        type=lambda text: [int(s) for s in text.split(",")],
+        default=[],
+        help="Also bootstrap TINY_MODEL with each of these seeds (comma-separated; ~2 min each) and use those.",
+    )
     parser.add_argument(
         "--configs",
         nargs="+",
-        default=["parse_weight=4"],
-        help="RLOO config overrides per entry, comma-separated key=value ('' for the defaults).",
+        default=[""],
+        help="RLOO config overrides per entry, comma-separated key=value ('' for the defaults; max_steps is 32 "
+        "unless set, as in the slow test).",
     )
     parser.add_argument("--seeds", default="0,1,2,3", help="Run seeds (comma-separated).")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="Where the JSON goes.")
@@ -134,8 +160,11 @@ def main() -> None:
         configs = [(spec, parse_overrides(spec)) for spec in args.configs]  # a bad key is refused before any work
     except InvalidInput as exc:
         parser.error(f"--configs: {exc}")
-    if not (args.model / "config.json").is_file():
-        parser.error(f"--model: {args.model} holds no model (config.json); pass a bootstrap output")
+    for path in args.model:
+        if not (path / "config.json").is_file():
+            parser.error(f"--model: {path} holds no model (config.json); pass a bootstrap output")
+    if not args.model and not args.bootstrap_seeds:
+        parser.error("--model or --bootstrap-seeds: name at least one base model")
 
     from core.migrate import upgrade
     from demo.corpus import prompt_for, sample_function
@@ -144,31 +173,33 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rl-syntax-"))
     url = f"sqlite:///{work / 'editloop.db'}"
     upgrade(url)
-    print("training the reward model on the type-hints rule ...", flush=True)
-    project_id = reward_project(url, args.model, work / "data")
     rng = random.Random(12345)  # the slow test's fresh prompts
     prompts = [prompt_for(sample_function(rng)) for _ in range(PROMPTS)]
-    base_rules, base_parses = greedy(load_model(str(args.model)), load_tokenizer(str(args.model)), prompts)
-
     results = []
-    print("| config | seed | greedy rule share | parse rate | broken / fixed | tuned - base interval | test |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for spec, overrides in configs:
-        for seed in seeds:
-            row = one_run(
-                url, project_id, work / "data", args.model, overrides, seed, (prompts, base_rules, base_parses)
-            )
-            results.append({"config": spec, "seed": seed, **row})
-            if "error" in row:
-                print(f"| {spec or 'defaults'} | {seed} | run {row['status']}: {row['error']} | | | | |", flush=True)
-                continue
-            verdict = "pass" if row["learns"] and row["parse_held"] else "FAIL"
-            print(
-                f"| {spec or 'defaults'} | {seed} | {row['rule_share'][0]:.2f} -> {row['rule_share'][1]:.2f}"
-                f" | {row['parse_rate'][0]:.2f} -> {row['parse_rate'][1]:.2f} | {row['broken']} / {row['fixed']}"
-                f" | [{row['parse_interval'][0]:+.2f}, {row['parse_interval'][1]:+.2f}] | {verdict} |",
-                flush=True,
-            )
+    for name, model_dir in base_models(args, work):
+        print(f"{name}: training the reward model on the type-hints rule ...", flush=True)
+        project_id = reward_project(url, model_dir, work / "data")
+        base_rules, base_parses = greedy(load_model(str(model_dir)), load_tokenizer(str(model_dir)), prompts)
+        print(
+            "| base | config | seed | greedy rule share | parse rate | broken / fixed | tuned - base interval | test |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for spec, overrides in configs:
+            for seed in seeds:
+                base = (prompts, base_rules, base_parses)
+                row = one_run(url, project_id, work / "data", model_dir, overrides, seed, base)
+                results.append({"base": name, "config": spec, "seed": seed, **row})
+                if "error" in row:
+                    print(f"| {name} | {spec or 'defaults'} | {seed} | run {row['status']}: {row['error']} |||||")
+                    continue
+                verdict = "pass" if row["learns"] and row["parse_held"] else "FAIL"
+                print(
+                    f"| {name} | {spec or 'defaults'} | {seed}"
+                    f" | {row['rule_share'][0]:.2f} -> {row['rule_share'][1]:.2f}"
+                    f" | {row['parse_rate'][0]:.2f} -> {row['parse_rate'][1]:.2f} | {row['broken']} / {row['fixed']}"
+                    f" | [{row['parse_interval'][0]:+.2f}, {row['parse_interval'][1]:+.2f}] | {verdict} |",
+                    flush=True,
+                )
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     record = {
