@@ -5,6 +5,7 @@
   make it valid (`codeop`: "incomplete" is not "invalid"), so the policy is not pushed toward short answers.
 - `LengthGuard`: 0 up to a token budget, falling linearly to -1 at twice it; -1 for a completion cut off before
   its eos. It keeps a reward model that likes longer text from buying score with length.
+- `ParseGated`: wraps a reward so that code which does not parse earns the batch's lowest score of it.
 - `RewardModelScore`: the reward model's logit for prompt + completion + eos, the text exactly as RewardTrainer saw
   it in training (TRL's own scoring of a reward model sends no eos).
 
@@ -141,6 +142,23 @@ class LengthGuard:
             length = len(ids) - (1 if ids and ids[-1] == self.eos_id else 0)
             out.append(-min(1.0, max(0, length - self.target) / self.target))
         return out
+
+
+class ParseGated:
+    """A reward (the reward model's score) that only code which parses can earn: a completion that does not parse
+    gets the lowest score of its batch, so no broken completion outranks a parsing one on style. A weighted parse
+    reward alone cannot promise that: reward-model logits spread wider than any fixed weight, and online RL then
+    trades syntax for style. Rows that are not Python (parse verdict None) keep their score."""
+
+    def __init__(self, reward: Any, parse: Parses) -> None:
+        self.reward, self.parse = reward, parse
+        self.__name__ = getattr(reward, "__name__", "reward_model")  # logged under the gated reward's own name
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list[float | None]:
+        scores = self.reward(prompts, completions, **kwargs)
+        verdicts = self.parse(prompts, completions, **kwargs)
+        floor = min((s for s in scores if s is not None), default=None)
+        return [floor if v == 0.0 and s is not None else s for s, v in zip(scores, verdicts, strict=True)]
 
 
 class RewardModelScore:

@@ -122,6 +122,11 @@ class OnlineRunConfig(BaseRunConfig):
     parse_weight: float = Field(
         2.0, ge=0, description="Weight of Python parse validity (1 parses, 0 does not; non-Python prompts: not scored)."
     )
+    parse_gate: bool = Field(
+        False,
+        description="Only code that parses earns the reward model's score: a completion that does not parse gets the "
+        "lowest score of its batch (rewards.functions.ParseGated), on top of the parse reward.",
+    )
     length_weight: float = Field(1.0, ge=0, description="Weight of the length guard (0 within length_target, to -1).")
     length_target: int = Field(
         112,

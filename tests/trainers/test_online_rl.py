@@ -17,7 +17,7 @@ from core.settings import Settings
 from demo.corpus import prompt_for, sample_function
 from demo.style import follows
 from feedback.snapshots import cut_snapshot
-from rewards.functions import LengthGuard, Parses, code_parses
+from rewards.functions import LengthGuard, ParseGated, Parses, code_parses
 from trainers import metrics, registry, runs
 from trainers.models import AdapterVersion, TrainingRun
 
@@ -88,6 +88,21 @@ def test_reward_functions() -> None:
         -1.0,
         -1.0,
     ]
+
+
+def test_only_code_that_parses_earns_the_reward_models_score() -> None:
+    eos = 0
+    scores = {"ok": 1.0, "broken stylish": 5.0, "ok plain": -2.0, "not python": 3.0}
+
+    def reward_model(prompts: list[str], completions: list[str], **kwargs: object) -> list[float]:
+        return [scores[c.split("#")[-1]] for c in completions]
+
+    gated = ParseGated(reward_model, Parses(eos))
+    assert gated.__name__ == reward_model.__name__
+    completions = ["x = 1\n#ok", "def f(:\n#broken stylish", "y = 2\n#ok plain", "not (python\n#not python"]
+    ids = [[5, eos]] * 4
+    python = [True, True, True, False]
+    assert gated([""] * 4, completions, completion_ids=ids, python=python) == [1.0, -2.0, -2.0, 3.0]
 
 
 def test_online_rl_needs_a_reward_model(sqlite_url: str, tiny_model: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.trl_run import Progress, Trained, fit, lora_config, start_model, trained_adapter_only, trl_args
-from rewards.functions import LengthGuard, Parses
+from rewards.functions import LengthGuard, ParseGated, Parses
 from trainers.config import OnlineRunConfig, RLOORunConfig
 
 TRACKED = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio", "kl", "entropy")
@@ -104,7 +104,9 @@ def build_trainer(
         **method_args,
     )
     eos_id = tokenizer.eos_token_id
-    reward_funcs: list[Any] = [reward_model, Parses(eos_id), LengthGuard(config.length_target, eos_id)]
+    parse = Parses(eos_id)
+    style = ParseGated(reward_model, parse) if config.parse_gate else reward_model
+    reward_funcs: list[Any] = [style, parse, LengthGuard(config.length_target, eos_id)]
     model, continuing = start_model(model, init_adapter)
     return trainer_class(
         model=model,
@@ -169,6 +171,7 @@ def _summary(rows: list[dict[str, float]], config: OnlineRunConfig, window: int 
             "reward_model": config.reward_model_weight,
             "parses": config.parse_weight,
             "length": config.length_weight,
+            "parse_gate": config.parse_gate,
         },
         "steps_logged": len(rows),
     }
