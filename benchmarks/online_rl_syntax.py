@@ -175,20 +175,26 @@ def main() -> None:
     upgrade(url)
     rng = random.Random(12345)  # the slow test's fresh prompts
     prompts = [prompt_for(sample_function(rng)) for _ in range(PROMPTS)]
-    results = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"online_rl_syntax-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    results: list[dict[str, Any]] = []
+    record = {
+        "machine": platform.processor() or platform.machine(),
+        "kernels": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")},
+        "steps": STEPS,
+        "results": results,
+    }
     for name, model_dir in base_models(args, work):
         print(f"{name}: training the reward model on the type-hints rule ...", flush=True)
         project_id = reward_project(url, model_dir, work / "data")
         base_rules, base_parses = greedy(load_model(str(model_dir)), load_tokenizer(str(model_dir)), prompts)
-        print(
-            "| base | config | seed | greedy rule share | parse rate | broken / fixed | tuned - base interval | test |"
-        )
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print(HEADER)
         for spec, overrides in configs:
             for seed in seeds:
                 base = (prompts, base_rules, base_parses)
                 row = one_run(url, project_id, work / "data", model_dir, overrides, seed, base)
                 results.append({"base": name, "config": spec, "seed": seed, **row})
+                path.write_text(json.dumps(record, indent=2))  # after every run: a stopped sweep keeps what it ran
                 if "error" in row:
                     print(f"| {name} | {spec or 'defaults'} | {seed} | run {row['status']}: {row['error']} |||||")
                     continue
@@ -200,16 +206,6 @@ def main() -> None:
                     f" | [{row['parse_interval'][0]:+.2f}, {row['parse_interval'][1]:+.2f}] | {verdict} |",
                     flush=True,
                 )
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    record = {
-        "machine": platform.processor() or platform.machine(),
-        "kernels": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")},
-        "steps": STEPS,
-        "results": results,
-    }
-    path = args.out / f"online_rl_syntax-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2))
     print(f"wrote {path}")
 
 
