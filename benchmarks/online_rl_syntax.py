@@ -2,12 +2,12 @@
 """Does online RL keep syntax? The slow RLOO test (`tests/trainers/test_online_rl.py`) over several seeds and configs.
 
 The test passed on AVX-512 CPUs and failed on an AVX2-only one: a different CPU kind gives the tiny model different
-rounding, and 32 steps of sampled rollouts amplify it, so a CPU kind acts much like another seed. One run per CPU kind
-cannot tell a default that holds the parse rate from one that was lucky; this runs the test's setup once (a SQLite
-project whose users add type hints, a reward model on their edits) and then each `--configs` entry with each
-`--seeds` value through the real run path (`trainers.runs.execute`), and judges each run by the test's own rules:
-greedy rule share on 48 fresh prompts up by 0.25 or more, and the parse rate held (the paired 95% bootstrap interval
-of tuned - base per prompt not wholly below 0, the promotion gate's rule).
+rounding (its bootstrap too), and dozens of steps of sampled rollouts amplify it, so a CPU kind acts much like another
+seed or another base model. One run per CPU kind cannot tell a default that holds the parse rate from a lucky one.
+This builds the test's setup per base model (a SQLite project whose users add type hints, a reward model on their
+edits), runs each `--configs` entry with each `--seeds` value through the real run path (`trainers.runs.execute`),
+and judges each run by the test's own rules: greedy rule share on 48 fresh prompts up by 0.25 or more, and the parse
+rate held (the paired 95% bootstrap interval of tuned - base per prompt not wholly below 0, the promotion gate's rule).
 
 Run:  .venv/bin/python benchmarks/online_rl_syntax.py --model PATH --bootstrap-seeds 1,2 --configs '' parse_weight=2
       (PATH: a bootstrap output; per base model ~1 min for its reward model, then ~1 min per run on 2 cores)
@@ -29,7 +29,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-STEPS = 32
 PROMPTS = 48
 HEADER = """| base | config | seed | greedy rule share | parse rate | broken / fixed | tuned - base interval | test |
 | --- | --- | --- | --- | --- | --- | --- | --- |"""
@@ -91,7 +90,7 @@ def one_run(
     from trainers.models import AdapterVersion
 
     started = time.perf_counter()
-    config = {"max_steps": STEPS, "eval_examples": 40, "seed": seed, **overrides}
+    config = {"eval_examples": 40, "seed": seed, **overrides}
     run = execute(url, project_id, "rloo", data_dir, **config)
     if run["status"] != "succeeded":
         return {"status": run["status"], "error": run["error"]}
@@ -147,8 +146,8 @@ def main() -> None:
         "--configs",
         nargs="+",
         default=[""],
-        help="RLOO config overrides per entry, comma-separated key=value ('' for the defaults; max_steps is 32 "
-        "unless set, as in the slow test).",
+        help="RLOO config overrides per entry, comma-separated key=value ('' for the run config's defaults, which "
+        "the slow test runs).",
     )
     parser.add_argument("--seeds", default="0,1,2,3", help="Run seeds (comma-separated).")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="Where the JSON goes.")
@@ -181,7 +180,6 @@ def main() -> None:
     record = {
         "machine": platform.processor() or platform.machine(),
         "kernels": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")},
-        "steps": STEPS,
         "results": results,
     }
     for name, model_dir in base_models(args, work):
