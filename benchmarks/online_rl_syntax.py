@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Does online RL keep syntax? The slow RLOO test (`tests/trainers/test_online_rl.py`) over several seeds and configs.
+"""Does online RL keep syntax? The online RL tests (`tests/trainers/test_online_rl.py`) over seeds and configs.
 
 The test passed on AVX-512 CPUs and failed on an AVX2-only one: a different CPU kind gives the tiny model different
 rounding (its bootstrap too), and dozens of steps of sampled rollouts amplify it, so a CPU kind acts much like another
@@ -34,11 +34,11 @@ HEADER = """| base | config | seed | greedy rule share | parse rate | broken / f
 | --- | --- | --- | --- | --- | --- | --- | --- |"""
 
 
-def parse_overrides(spec: str) -> dict[str, Any]:
+def parse_overrides(kind: str, spec: str) -> dict[str, Any]:
     from trainers.config import parse_assignments, run_config
 
     overrides = parse_assignments(spec.split(",")) if spec else {}
-    run_config("rloo", overrides)  # a bad key or value is refused here, before any training
+    run_config(kind, overrides)  # a bad key or value is refused here, before any training
     return overrides
 
 
@@ -80,7 +80,7 @@ def share(verdicts: list[bool | None]) -> float:
 
 
 def one_run(
-    url: str, project_id: int, data_dir: Path, model_dir: Path, overrides: dict, seed: int, base: tuple
+    url: str, project_id: int, data_dir: Path, model_dir: Path, kind: str, overrides: dict, seed: int, base: tuple
 ) -> dict:
     from peft import PeftModel
 
@@ -91,7 +91,7 @@ def one_run(
 
     started = time.perf_counter()
     config = {"eval_examples": 40, "seed": seed, **overrides}
-    run = execute(url, project_id, "rloo", data_dir, **config)
+    run = execute(url, project_id, kind, data_dir, **config)
     if run["status"] != "succeeded":
         return {"status": run["status"], "error": run["error"]}
     with session_scope(url) as session:
@@ -146,9 +146,10 @@ def main() -> None:
         "--configs",
         nargs="+",
         default=[""],
-        help="RLOO config overrides per entry, comma-separated key=value ('' for the run config's defaults, which "
-        "the slow test runs).",
+        help="Run config overrides per entry, comma-separated key=value ('' for the run config's defaults, which "
+        "the slow RLOO test runs).",
     )
+    parser.add_argument("--kind", choices=("rloo", "grpo"), default="rloo", help="The online RL method.")
     parser.add_argument("--seeds", default="0,1,2,3", help="Run seeds (comma-separated).")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="Where the JSON goes.")
     args = parser.parse_args()
@@ -156,7 +157,8 @@ def main() -> None:
     from core.errors import InvalidInput
 
     try:
-        configs = [(spec, parse_overrides(spec)) for spec in args.configs]  # a bad key is refused before any work
+        # A bad key is refused here, before any work.
+        configs = [(spec, parse_overrides(args.kind, spec)) for spec in args.configs]
     except InvalidInput as exc:
         parser.error(f"--configs: {exc}")
     for path in args.model:
@@ -180,6 +182,7 @@ def main() -> None:
     record = {
         "machine": platform.processor() or platform.machine(),
         "kernels": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")},
+        "kind": args.kind,
         "results": results,
     }
     for name, model_dir in base_models(args, work):
@@ -190,7 +193,7 @@ def main() -> None:
         for spec, overrides in configs:
             for seed in seeds:
                 base = (prompts, base_rules, base_parses)
-                row = one_run(url, project_id, work / "data", model_dir, overrides, seed, base)
+                row = one_run(url, project_id, work / "data", model_dir, args.kind, overrides, seed, base)
                 results.append({"base": name, "config": spec, "seed": seed, **row})
                 path.write_text(json.dumps(record, indent=2))  # after every run: a stopped sweep keeps what it ran
                 if "error" in row:
