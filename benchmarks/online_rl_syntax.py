@@ -43,26 +43,13 @@ def parse_overrides(kind: str, spec: str) -> dict[str, Any]:
 
 
 def reward_project(url: str, model_dir: Path, data_dir: Path) -> int:
-    from tests.trainers.tiny import style_project
+    from tests.trainers.tiny import execute, style_project
 
     project_id = style_project(url, model_dir, n=240, axis="type_hints", value=True)
     run = execute(url, project_id, "reward", data_dir, max_steps=60, eval_examples=40)
-    if run["status"] != "succeeded":
-        raise SystemExit(f"reward model run failed: {run['error']}")
+    if run.status != "succeeded":
+        raise SystemExit(f"reward model run failed: {run.error}")
     return project_id
-
-
-def execute(url: str, project_id: int, kind: str, data_dir: Path, **config: Any) -> dict[str, Any]:
-    from core.db import session_scope
-    from core.settings import Settings
-    from trainers import runs
-
-    with session_scope(url) as session:
-        run_id = runs.create_run(session, project_id, kind, config, nudge=False).id
-    runs.execute(url, run_id, Settings(database_url=url, data_dir=data_dir))
-    with session_scope(url) as session:
-        run = runs.get_run(session, project_id, run_id)
-        return {"status": run.status, "error": run.error, "version_ids": list(run.version_ids)}
 
 
 def greedy(model: Any, tokenizer: Any, prompts: list[str]) -> tuple[list[bool | None], list[float]]:
@@ -86,16 +73,17 @@ def one_run(
 
     from core.db import session_scope
     from ml.loading import load_model, load_tokenizer
+    from tests.trainers.tiny import execute
     from trainers import metrics, registry
     from trainers.models import AdapterVersion
 
     started = time.perf_counter()
     config = {"eval_examples": 40, "seed": seed, **overrides}
     run = execute(url, project_id, kind, data_dir, **config)
-    if run["status"] != "succeeded":
-        return {"status": run["status"], "error": run["error"]}
+    if run.status != "succeeded":
+        return {"status": run.status, "error": run.error}
     with session_scope(url) as session:
-        version = session.get(AdapterVersion, run["version_ids"][-1])
+        version = session.get(AdapterVersion, run.version_ids[-1])
         assert version is not None
         path = str(registry.verified_path(version))
     model = PeftModel.from_pretrained(load_model(str(model_dir)), path)

@@ -18,11 +18,11 @@ from demo.corpus import prompt_for, sample_function
 from demo.style import follows
 from feedback.snapshots import cut_snapshot
 from rewards.functions import LengthGuard, ParseGated, Parses, code_parses
-from trainers import metrics, registry, runs
+from trainers import metrics, registry
 from trainers.models import AdapterVersion, TrainingRun
 
 from ..conftest import start_server
-from .tiny import style_project
+from .tiny import execute, style_project
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 AXIS, VALUE = "type_hints", True
@@ -32,16 +32,6 @@ def rule_share(texts: list[str]) -> tuple[float, int]:
     verdicts = [follows(t, AXIS, VALUE) for t in texts]
     decided = [v for v in verdicts if v is not None]
     return (sum(decided) / len(decided) if decided else 0.0), len(decided)
-
-
-def execute(url: str, project_id: int, kind: str, data_dir: Path, **config: object) -> TrainingRun:
-    with session_scope(url) as session:
-        run_id = runs.create_run(session, project_id, kind, config, nudge=False).id
-    runs.execute(url, run_id, Settings(database_url=url, data_dir=data_dir))
-    with session_scope(url) as session:
-        run = runs.get_run(session, project_id, run_id)
-        session.expunge(run)
-        return run
 
 
 def version_of(url: str, run: TrainingRun) -> AdapterVersion:

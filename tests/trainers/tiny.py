@@ -12,6 +12,8 @@ from core.settings import Settings
 from demo.corpus import corpus, style_pair
 from feedback.rows import build_rows
 from feedback.service import ingest
+from trainers import runs
+from trainers.models import TrainingRun
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -113,3 +115,14 @@ def style_project(
     with session_scope(url) as session:
         build_rows(session, project_id)
     return project_id
+
+
+def execute(url: str, project_id: int, kind: str, data_dir: Path, **config: object) -> TrainingRun:
+    """Creates a run of `kind` with `config` and executes it in this process, as a worker would; returns the run."""
+    with session_scope(url) as session:
+        run_id = runs.create_run(session, project_id, kind, config, nudge=False).id
+    runs.execute(url, run_id, Settings(database_url=url, data_dir=data_dir))
+    with session_scope(url) as session:
+        run = runs.get_run(session, project_id, run_id)
+        session.expunge(run)
+        return run
